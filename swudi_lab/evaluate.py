@@ -1,0 +1,331 @@
+"""Evaluation of merged backbones the way the merging literature does it, plus time/memory.
+
+A merged backbone ``theta`` is scored on every task ``i`` with *that task's own head*
+(``logits = head_i(backbone(x))``) on that task's fixed test split:
+
+* ``acc_i``                 -- top-1 accuracy in percent,
+* ``average``               -- ``mean_i acc_i``,
+* ``normalized accuracy``   -- ``mean_i (acc_i(merged) / acc_i(expert_i))`` in percent,
+  where ``expert_i`` is the fine-tuned expert evaluated on its own task.
+
+Reference rows: the base backbone with the task heads (``zoo.base``) and each expert on its own
+task (``expert_accuracies``).
+
+``measure(device)`` is the one timing / peak-memory helper the whole project uses::
+
+    with measure("cpu") as m:
+        merged = merge(...)
+    print(m.seconds, m.peak_mb)
+
+CPU: peak resident memory above the resident memory at entry (the kernel's high-water mark is
+reset by writing ``5`` to ``/proc/self/clear_refs``; ``VmHWM`` is read from ``/proc/self/status``).
+Where that is unavailable (not Linux, no permission) the peak falls back to ``ru_maxrss``
+(which cannot be reset; ``peak_mb`` is then the growth of the all-time peak, possibly 0) and
+``m.exact_peak`` is False. CUDA: ``torch.cuda.max_memory_allocated`` after
+``reset_peak_memory_stats``, minus the memory allocated at entry (tensor memory only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Mapping, Sequence
+
+import torch
+
+__all__ = [
+    "Measurement",
+    "measure",
+    "evaluate_backbone",
+    "evaluate_experts",
+    "average_accuracy",
+    "normalized_accuracy",
+    "mean_std",
+    "load_state_dict",
+]
+
+
+# ----------------------------------------------------------------------------- time / memory
+
+
+@dataclass
+class Measurement:
+    """Filled by :func:`measure` at exit: wall ``seconds`` and ``peak_mb`` above entry."""
+
+    device: str = "cpu"
+    seconds: float = float("nan")
+    peak_mb: float = float("nan")
+    exact_peak: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # compact, for notebooks and logs
+        return f"Measurement(device={self.device!r}, seconds={self.seconds:.3f}, peak_mb={self.peak_mb:.1f})"
+
+
+def _read_status_kb(key: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return float(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _ru_maxrss_kb() -> float | None:
+    try:
+        import resource
+        import sys
+
+        r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return r / 1024.0 if sys.platform == "darwin" else float(r)  # macOS reports bytes
+    except Exception:  # pragma: no cover - platform specific
+        return None
+
+
+@contextlib.contextmanager
+def measure(device: str | torch.device = "cpu") -> Iterator[Measurement]:
+    """Time a block and record its peak memory above the memory in use at entry.
+
+    Parameters
+    ----------
+    device : "cpu", "cuda", "cuda:k" or a torch.device. For CUDA the device is synchronized
+        at entry and exit so that ``seconds`` covers the queued kernels.
+
+    Yields a :class:`Measurement` whose ``seconds`` and ``peak_mb`` (MiB) are set at exit
+    (also when the block raises).
+    """
+    dev = torch.device(device)
+    m = Measurement(device=str(dev))
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        start_alloc = torch.cuda.memory_allocated(dev)
+        t0 = time.perf_counter()
+        try:
+            yield m
+        finally:
+            torch.cuda.synchronize(dev)
+            m.seconds = time.perf_counter() - t0
+            m.peak_mb = max(0.0, (torch.cuda.max_memory_allocated(dev) - start_alloc) / 2**20)
+        return
+
+    exact = _reset_hwm()
+    start_rss = _read_status_kb("VmRSS")
+    if exact and start_rss is not None:
+        start_peak = None
+    else:
+        exact = False
+        start_peak = _ru_maxrss_kb()
+    t0 = time.perf_counter()
+    try:
+        yield m
+    finally:
+        m.seconds = time.perf_counter() - t0
+        hwm = _read_status_kb("VmHWM") if exact else None
+        if exact and hwm is not None:
+            m.peak_mb = max(0.0, (hwm - start_rss) / 1024.0)
+        else:
+            now = _ru_maxrss_kb()
+            m.peak_mb = max(0.0, (now - start_peak) / 1024.0) if (now is not None and start_peak is not None) else float("nan")
+            m.exact_peak = False
+
+
+# ----------------------------------------------------------------------------- accuracy
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a backbone state dict from safetensors (never unpickles)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _resolve_backbone(backbone_or_state_dict, zoo_or_heads, device):
+    if isinstance(backbone_or_state_dict, torch.nn.Module):
+        return backbone_or_state_dict.to(device)
+    if isinstance(backbone_or_state_dict, (str, os.PathLike)):
+        backbone_or_state_dict = load_state_dict(backbone_or_state_dict)
+    if not isinstance(backbone_or_state_dict, Mapping):
+        raise TypeError(
+            "evaluate_backbone expects an nn.Module, a state dict or a safetensors path, "
+            f"got {type(backbone_or_state_dict).__name__}"
+        )
+    config = getattr(zoo_or_heads, "config", None)
+    if config is None:
+        raise ValueError(
+            "a state dict needs a Zoo (for its backbone config) as `zoo_or_heads`; "
+            "with a plain heads dict pass an nn.Module backbone instead"
+        )
+    from swudi_lab.zoo.model import make_backbone
+
+    model = make_backbone(config)
+    missing, unexpected = model.load_state_dict(dict(backbone_or_state_dict), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"state dict does not fit the zoo backbone: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model.to(device)
+
+
+def _resolve_heads(zoo_or_heads) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    heads = getattr(zoo_or_heads, "heads", zoo_or_heads)
+    if not isinstance(heads, Mapping):
+        raise TypeError("zoo_or_heads must be a Zoo or a dict task -> (weight, bias)")
+    out = {}
+    for task, h in heads.items():
+        if isinstance(h, torch.nn.Linear):
+            out[task] = (h.weight.detach(), None if h.bias is None else h.bias.detach())
+        elif isinstance(h, (tuple, list)):
+            w, b = (h[0], h[1] if len(h) > 1 else None)
+            out[task] = (torch.as_tensor(w), None if b is None else torch.as_tensor(b))
+        else:
+            out[task] = (torch.as_tensor(h), None)
+    return out
+
+
+def _input_size(model: torch.nn.Module) -> tuple[int, int] | None:
+    pe = getattr(model, "patch_embed", None)
+    size = getattr(pe, "img_size", None)
+    if size is None:
+        return None
+    return tuple(size) if isinstance(size, (tuple, list)) else (int(size), int(size))
+
+
+def _tasks_split(tasks_data, task):
+    """Accept task -> (x, y), task -> TaskData (with .test_x/.test_y or .x/.y), or a Zoo."""
+    d = tasks_data[task]
+    if isinstance(d, (tuple, list)):
+        return d[0], d[1]
+    for xs, ys in (("test_x", "test_y"), ("x", "y")):
+        if hasattr(d, xs):
+            return getattr(d, xs), getattr(d, ys)
+    raise TypeError(f"task {task!r}: test data must be (images, labels) or have .test_x/.test_y")
+
+
+@torch.no_grad()
+def evaluate_backbone(
+    backbone_or_state_dict,
+    zoo_or_heads,
+    tasks_data=None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 500,
+    tasks: Sequence[str] | None = None,
+) -> dict[str, float]:
+    """Top-1 accuracy (percent) of ``head_t(backbone(x))`` on each task's test split.
+
+    Parameters
+    ----------
+    backbone_or_state_dict : nn.Module (features ``(B, D)``), a backbone state dict, or a path
+        to a safetensors file. State dicts need a Zoo as ``zoo_or_heads`` (for the config).
+    zoo_or_heads : a Zoo (uses ``zoo.heads``) or a dict ``task -> (weight (K, D), bias (K,) | None)``.
+    tasks_data : dict ``task -> (x uint8/float (M, H, W, 3) or (M, 3, H, W), y (M,))`` or objects with
+        ``.test_x/.test_y``; default: ``zoo.test_data()``.
+    tasks : subset/order of tasks (default: all tasks with data).
+
+    Raises ValueError when a head's class count does not match the task's labels, when the
+    head's input width differs from the feature width, or when the images do not have the
+    backbone's input size.
+    """
+    device = torch.device(device)
+    if tasks_data is None:
+        if not hasattr(zoo_or_heads, "test_data"):
+            raise ValueError("tasks_data is required unless zoo_or_heads is a Zoo")
+        tasks_data = zoo_or_heads.test_data()
+    model = _resolve_backbone(backbone_or_state_dict, zoo_or_heads, device)
+    heads = _resolve_heads(zoo_or_heads)
+    from swudi_lab.zoo.tasks import to_tensor
+
+    was_training = model.training
+    model.eval()
+    order = list(tasks) if tasks is not None else list(tasks_data.keys())
+    size = _input_size(model)
+    results: dict[str, float] = {}
+    try:
+        for task in order:
+            if task not in heads:
+                raise ValueError(f"no head for task {task!r} (heads for: {sorted(heads)})")
+            x, y = _tasks_split(tasks_data, task)
+            y = torch.as_tensor(y).long()
+            w, b = heads[task]
+            w = w.to(device=device, dtype=torch.float32)
+            b = None if b is None else b.to(device=device, dtype=torch.float32)
+            n_cls = int(y.max()) + 1 if y.numel() else 0
+            if w.ndim != 2:
+                raise ValueError(f"task {task!r}: head weight must be 2-D (classes, features), got shape {tuple(w.shape)}")
+            if n_cls > w.shape[0]:
+                raise ValueError(
+                    f"task {task!r}: head has {w.shape[0]} classes but the labels go up to {n_cls - 1} "
+                    f"({n_cls} classes) -- wrong head for this task?"
+                )
+            if b is not None and b.shape != (w.shape[0],):
+                raise ValueError(f"task {task!r}: head bias shape {tuple(b.shape)} does not match weight {tuple(w.shape)}")
+            xt = to_tensor(x) if not (torch.is_tensor(x) and x.is_floating_point() and x.ndim == 4 and x.shape[1] == 3) else x
+            if xt.ndim != 4 or xt.shape[1] != 3:
+                raise ValueError(f"task {task!r}: images must be (M, H, W, 3) or (M, 3, H, W), got {tuple(x.shape)}")
+            if size is not None and tuple(xt.shape[-2:]) != size:
+                raise ValueError(
+                    f"task {task!r}: images are {tuple(xt.shape[-2:])} but the backbone expects {size}"
+                )
+            correct = 0
+            for i in range(0, len(y), batch_size):
+                feats = model(xt[i : i + batch_size].to(device))
+                if feats.ndim != 2 or feats.shape[1] != w.shape[1]:
+                    raise ValueError(
+                        f"task {task!r}: backbone features have shape {tuple(feats.shape)} but the head expects "
+                        f"{w.shape[1]} features"
+                    )
+                logits = feats.float() @ w.T
+                if b is not None:
+                    logits = logits + b
+                correct += int((logits.argmax(1).cpu() == y[i : i + batch_size]).sum())
+            results[task] = 100.0 * correct / max(1, len(y))
+    finally:
+        model.train(was_training)
+    return results
+
+
+def evaluate_experts(zoo, device: str | torch.device = "cpu", batch_size: int = 500) -> dict[str, float]:
+    """Reference row: each expert on its own task (percent)."""
+    data = zoo.test_data()
+    out = {}
+    for task in zoo.tasks:
+        out[task] = evaluate_backbone(zoo.expert_state_dict(task), zoo, {task: data[task]}, device, batch_size)[task]
+    return out
+
+
+def average_accuracy(acc: Mapping[str, float]) -> float:
+    """``mean_t acc_t`` (percent)."""
+    vals = list(acc.values())
+    return float(sum(vals) / len(vals)) if vals else float("nan")
+
+
+def normalized_accuracy(merged: Mapping[str, float], expert: Mapping[str, float], per_task: bool = False):
+    """``mean_t merged_t / expert_t`` in percent (per task dict with ``per_task=True``)."""
+    missing = set(merged) - set(expert)
+    if missing:
+        raise ValueError(f"no expert accuracy for tasks {sorted(missing)}")
+    ratios = {t: 100.0 * merged[t] / expert[t] if expert[t] > 0 else float("nan") for t in merged}
+    return ratios if per_task else average_accuracy(ratios)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
+    vals = [float(v) for v in values]
+    if not vals:
+        return float("nan"), float("nan")
+    mu = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return mu, 0.0
+    return mu, math.sqrt(sum((v - mu) ** 2 for v in vals) / (len(vals) - 1))

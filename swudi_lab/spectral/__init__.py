@@ -1,0 +1,23 @@
+"""Pure spectral math of "merging as a noisy linear inverse problem" (DESIGN.md §1).
+
+- :mod:`~swudi_lab.spectral.filters`: filter factors ``f(lambda)`` (pseudoinverse, Landweber,
+  exponential, Tikhonov, top-K, SWUDI, Wiener, products).
+- :mod:`~swudi_lab.spectral.wudi`: a layer's task vectors -> ``C``, ``D``, the WUDI loss and gradient.
+- :mod:`~swudi_lab.spectral.estimator`: ``theta_f`` from ``(C, D, theta0, filter)``; the SVD form for ``A x = b``.
+"""
+
+from .estimator import EIGEN_FLOOR, SVD, Eig, check_normal_equation, eigh, filtered_solve, spectral_estimate, svd
+from .filters import (
+    FILTERS,
+    Filter,
+    exponential,
+    landweber,
+    make_filter,
+    pseudoinverse,
+    swudi,
+    tikhonov,
+    top_k,
+    wiener,
+    zero,
+)
+from .wudi import as_task_stack, interference_operator, sum_init, wudi_gradient, wudi_loss

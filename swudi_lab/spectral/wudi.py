@@ -1,0 +1,102 @@
+"""The WUDI problem of one linear layer: task vectors -> (C, D), loss and gradient.
+
+Notation (DESIGN.md §1). For N task vectors ``tau_i = W_i - W0`` of shape (d_out, d_in) and
+``n_i = ||tau_i||_F^2``::
+
+    C = sum_i tau_i^T tau_i / n_i                 (d_in, d_in), symmetric PSD, trace(C) = N
+    D = sum_i tau_i tau_i^T tau_i / n_i           (d_out, d_in)
+    L(theta) = sum_i ||(theta - tau_i) tau_i^T||_F^2 / n_i
+             = tr(theta C theta^T) - 2 tr(theta D^T) + const
+    grad L  = 2 (theta C - D)
+
+An expert whose task vector is all zero contributes nothing (its ``n_i`` would be 0): it is
+skipped rather than divided by, so no NaN appears.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["as_task_stack", "interference_operator", "wudi_loss", "wudi_gradient", "sum_init"]
+
+
+def as_task_stack(task_vectors, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Stack task vectors into one (N, d_out, d_in) tensor, validating shapes and values."""
+    if isinstance(task_vectors, torch.Tensor):
+        taus = task_vectors
+    else:
+        task_vectors = list(task_vectors)
+        if not task_vectors:
+            raise ValueError("task_vectors is empty: need at least one expert")
+        shapes = {tuple(torch.as_tensor(t).shape) for t in task_vectors}
+        if len(shapes) != 1:
+            raise ValueError(f"task vectors have different shapes: {sorted(shapes)}")
+        taus = torch.stack([torch.as_tensor(t) for t in task_vectors])
+    if taus.ndim != 3:
+        raise ValueError(f"task vectors must be (N, d_out, d_in), got shape {tuple(taus.shape)}")
+    if taus.shape[0] == 0:
+        raise ValueError("task_vectors is empty: need at least one expert")
+    if dtype is not None:
+        taus = taus.to(dtype)
+    elif not taus.is_floating_point():
+        taus = taus.to(torch.get_default_dtype())
+    if not torch.isfinite(taus).all():
+        bad = [i for i in range(taus.shape[0]) if not torch.isfinite(taus[i]).all()]
+        raise ValueError(f"task vectors of expert(s) {bad} contain NaN or Inf")
+    return taus
+
+
+def _norms(taus: torch.Tensor) -> torch.Tensor:
+    return taus.pow(2).sum(dim=(1, 2))  # n_i = ||tau_i||_F^2
+
+
+def interference_operator(task_vectors, dtype: torch.dtype | None = None):
+    """Return ``(C, D)`` for a layer: ``C = sum tau_i^T tau_i / n_i``, ``D = sum tau_i C_i``.
+
+    ``task_vectors``: (N, d_out, d_in) tensor or a list of (d_out, d_in) tensors.
+    Returns C (d_in, d_in) and D (d_out, d_in) in the task vectors' dtype (or ``dtype``).
+    Experts with ``n_i = 0`` are skipped, so ``trace(C)`` equals the number of nonzero experts.
+    """
+    taus = as_task_stack(task_vectors, dtype)
+    d_out, d_in = taus.shape[1:]
+    n = _norms(taus)
+    live = n > 0
+    taus, n = taus[live], n[live]
+    if taus.shape[0] == 0:  # every expert left this layer untouched
+        return taus.new_zeros(d_in, d_in), taus.new_zeros(d_out, d_in)
+    scaled = taus / n.view(-1, 1, 1)  # tau_i / n_i
+    # C = sum_i tau_i^T tau_i / n_i, as one (d_in, N d_out) x (N d_out, d_in) product.
+    C = scaled.reshape(-1, d_in).T @ taus.reshape(-1, d_in)
+    C = 0.5 * (C + C.T)  # exact symmetry despite round-off
+    # D = sum_i tau_i (tau_i^T tau_i) / n_i = sum_i (tau_i tau_i^T) tau_i / n_i:
+    # go through the smaller Gram matrix (d_in x d_in or d_out x d_out).
+    if d_in <= d_out:
+        D = (scaled @ (taus.transpose(1, 2) @ taus)).sum(dim=0)
+    else:
+        D = ((scaled @ taus.transpose(1, 2)) @ taus).sum(dim=0)
+    return C, D
+
+
+def wudi_loss(theta: torch.Tensor, task_vectors) -> torch.Tensor:
+    """Explicit WUDI loss ``sum_i ||(theta - tau_i) tau_i^T||_F^2 / n_i`` (differentiable).
+
+    This is the faithful per-expert form used by the reference implementation; experts with
+    ``n_i = 0`` are skipped.
+    """
+    taus = as_task_stack(task_vectors, theta.dtype)
+    if theta.shape != taus.shape[1:]:
+        raise ValueError(f"theta has shape {tuple(theta.shape)}, task vectors {tuple(taus.shape[1:])}")
+    n = _norms(taus)
+    live = n > 0
+    residual = torch.einsum("oi,npi->nop", theta, taus[live]) - taus[live] @ taus[live].transpose(1, 2)
+    return (residual.pow(2).sum(dim=(1, 2)) / n[live]).sum()
+
+
+def wudi_gradient(theta: torch.Tensor, C: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+    """Exact gradient of the WUDI loss, ``2 (theta C - D)`` (shape of theta)."""
+    return 2 * (theta @ C - D)
+
+
+def sum_init(task_vectors) -> torch.Tensor:
+    """WUDI's start ``theta0 = sum_i tau_i`` ("sum init")."""
+    return as_task_stack(task_vectors).sum(dim=0)
