@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-stamp
 
-.PHONY: setup demo test toy-demo bench clean
+.PHONY: setup browser demo test toy-demo bench clean
 
 # Creates .venv if missing and installs swudi_lab with every dependency, pinned through
 # constraints.txt (torch==2.13.0) so a CPU-only machine never pulls CUDA builds.
@@ -14,10 +14,20 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e .
 	$(PY) -c "import swudi_lab, timm, torch; print('swudi_lab ready: torch', torch.__version__, '| timm', timm.__version__)"
 	touch $(STAMP)
+
+# Headless Chromium for the notebooks' browser check (tests/test_notebooks_browser.py).
+# Installed from Debian's packages when missing and the system allows it (root + apt-get);
+# otherwise the check says why it skips.
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing Debian's chromium for the browser check ..."; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+	  || echo "warning: could not install chromium; the browser check will skip"; \
+	else echo "note: chromium missing and apt-get unavailable; the browser check will skip"; fi
 
 demo: setup
 	$(PY) -m swudi_lab.cli demo
@@ -25,7 +35,7 @@ demo: setup
 toy-demo: setup
 	$(PY) -m swudi_lab.cli demo --toy
 
-test: setup
+test: setup browser
 	$(PY) -m pytest -q
 
 bench: setup

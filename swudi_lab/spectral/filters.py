@@ -163,7 +163,7 @@ def tikhonov(alpha: float) -> Filter:
 
 def _top_k_mask(lam: torch.Tensor, k: int | None, ratio: float | None) -> torch.Tensor:
     d = lam.numel()
-    kk = math.ceil(ratio * d) if k is None else k
+    kk = math.ceil(ratio * d - 1e-9) if k is None else k  # tolerance: 0.07 * 100 = 7.000000000000001
     if kk > d:
         raise ValueError(f"k={kk} is larger than the number of eigenvalues ({d})")
     order = torch.argsort(lam, descending=True, stable=True)
