@@ -21,3 +21,14 @@ from .filters import (
     zero,
 )
 from .wudi import as_task_stack, interference_operator, sum_init, wudi_gradient, wudi_loss
+from .iterative import (
+    Trajectory,
+    adam_wudi,
+    empirical_filter_factors,
+    fit_effective_time,
+    gradient_descent,
+    gradient_flow,
+    wudi_reference,
+)
+from .rank_rules import RANK_RULES, choose_rank, cumvar
+from .choice import Choice, ParameterCurves, choose, discrepancy, gcv, l_curve, oracle, parameter_curves

@@ -154,7 +154,9 @@ def filtered_solve(A, b, filt: Filter, *, decomposition: SVD | None = None,
         A: (m, n) operator; b: (m,) or (m, k) data.
         filt: filter applied to ``lambda = sigma^2`` (eigenvalues of ``A^T A``).
         decomposition: precomputed :func:`svd` of A.
-        floor: floor on ``sigma^2`` before dividing.
+        floor: floor on ``sigma^2`` before dividing (default 1e-16, i.e. sigma < 1e-8 is damped
+            whatever the filter: directions below that are at round-off level in float64 and
+            their "pseudoinverse" coefficients would be pure noise times 1e8 or more).
 
     Returns x of shape (n,) or (n, k). ``pseudoinverse()`` gives the minimum-norm
     least-squares solution; ``tikhonov(alpha)`` gives ``(A^T A + alpha I)^-1 A^T b``.
