@@ -1,0 +1,30 @@
+"""Checkpoints -> task vectors -> per-layer solve -> merged checkpoint (DESIGN.md §2).
+
+- :mod:`~swudi_lab.merge.registry`: the one method registry (:data:`METHODS`, :func:`get_method`,
+  :func:`resolve_params`).
+- :mod:`~swudi_lab.merge.methods`: the per-layer rules (average, task_arithmetic, ties, wudi,
+  closed_form, iwudi, filtered, swudi, swudi_a).
+- :mod:`~swudi_lab.merge.engine`: :func:`merge` (in memory), :func:`merge_files` (streaming,
+  safetensors in and out), :func:`iter_layer_problems` (per-layer ``(C, D, eig)`` for notebooks).
+- :mod:`~swudi_lab.merge.io`: safe loading (safetensors / weights-only torch.load), atomic writing.
+- :mod:`~swudi_lab.merge.report`: the per-layer report (table, JSON, CSV).
+
+Example::
+
+    from swudi_lab.merge import merge
+    result = merge(base_model, [expert_a, expert_b], "swudi", t=1300, ratio=0.65)
+    model.load_state_dict(result.state_dict, strict=False)   # heads: result.heads[task]
+"""
+
+from . import methods  # noqa: F401  (registers the methods)
+from .engine import DEFAULT_HEAD_PATTERN, LayerProblem, MergeResult, iter_layer_problems, merge, merge_files, resolve_device
+from .io import Checkpoint, SafetensorsWriter, load_state_dict, load_timm, open_checkpoint, save_safetensors
+from .registry import METHODS, Method, Param, describe_methods, get_method, register, resolve_params
+from .report import MergeReport
+
+__all__ = [
+    "merge", "merge_files", "iter_layer_problems", "MergeResult", "LayerProblem", "MergeReport",
+    "METHODS", "Method", "Param", "register", "get_method", "resolve_params", "describe_methods",
+    "Checkpoint", "open_checkpoint", "load_state_dict", "load_timm", "save_safetensors", "SafetensorsWriter",
+    "resolve_device", "DEFAULT_HEAD_PATTERN",
+]

@@ -1,0 +1,357 @@
+"""Streaming merge engine: base + N experts -> merged checkpoint, one tensor at a time.
+
+For every tensor name ``k`` of the base (sorted), the engine reads only that tensor from the
+base and from each expert, forms the task vectors ``taus = W_i - W0`` as one (N, *shape) tensor
+in the compute dtype on the compute device, applies the method's rule, and writes
+``W0 + delta`` cast back to the base tensor's dtype. Peak memory is about one layer's stack plus
+the per-layer work (``merge_files`` streams the output to disk as well), never N whole models.
+
+Routing of a tensor (first match wins):
+
+1. its name full-matches ``head_pattern`` (default ``head\\..*``): a task-specific head, kept
+   per expert in ``heads[task]`` and left out of the merged state dict;
+2. it is not floating point (int buffers such as ``num_batches_tracked``), or it is not selected
+   by ``include`` / ``exclude``: copied from the base;
+3. a baseline method (``average``, ``task_arithmetic``, ``ties``): the method's rule;
+4. a WUDI-family method: the solver if the tensor is 2-D, else the mean of task vectors.
+
+``include`` and ``exclude`` are regular expressions (a string or a list) matched with
+``re.fullmatch`` against the whole tensor name: a tensor is merged when it full-matches some
+include pattern (default: every tensor) and no exclude pattern, e.g.
+``include=r"blocks\\.\\d+\\..*"``, ``exclude=[r".*\\.norm\\d?\\..*"]``.
+
+Math runs in ``dtype`` (float32 by default, float64 available) with TF32 off; ``device="auto"``
+uses CUDA when available. Inputs are never modified; outputs are written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Mapping, NamedTuple, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..spectral import Eig, eigh, interference_operator
+from . import methods as _methods  # noqa: F401  (fills the registry)
+from .io import Checkpoint, SafetensorsWriter, open_checkpoint, save_safetensors
+from .registry import Method, get_method, resolve_params
+from .report import MergeReport
+
+__all__ = ["MergeResult", "LayerProblem", "merge", "merge_files", "iter_layer_problems", "resolve_device",
+           "DEFAULT_HEAD_PATTERN"]
+
+DEFAULT_HEAD_PATTERN = r"head\..*"
+
+
+@dataclass
+class MergeResult:
+    """Output of :func:`merge`: merged ``state_dict`` (heads excluded), ``heads[task][name]``, ``report``."""
+
+    state_dict: dict[str, torch.Tensor]
+    heads: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    report: MergeReport | None = None
+
+
+class LayerProblem(NamedTuple):
+    """One 2-D layer's WUDI problem: ``taus`` (N, d_out, d_in), ``C``, ``D``, ``eig = eigh(C)``, base ``W0``."""
+
+    name: str
+    taus: torch.Tensor
+    C: torch.Tensor
+    D: torch.Tensor
+    eig: Eig
+    base: torch.Tensor
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available else CPU; ``"cuda"`` without CUDA is a ``ValueError``."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(device)!r} requested but CUDA is not available")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {str(device)!r}")
+    return dev
+
+
+def _resolve_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, str):
+        dtype = {"float32": torch.float32, "fp32": torch.float32, "float64": torch.float64,
+                 "fp64": torch.float64}.get(dtype, dtype)
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"compute dtype must be float32 or float64, got {dtype!r}")
+    return dtype
+
+
+@contextlib.contextmanager
+def _no_tf32():
+    """TF32 off for the spectral math (restored on exit)."""
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old[0], old[1]
+        torch.set_float32_matmul_precision(old[2])
+
+
+def _patterns(p) -> list[re.Pattern]:
+    if p is None:
+        return []
+    items = [p] if isinstance(p, (str, re.Pattern)) else list(p)
+    out = []
+    for s in items:
+        try:
+            out.append(re.compile(s))
+        except re.error as e:
+            raise ValueError(f"invalid regular expression {s!r}: {e}") from None
+    return out
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+def _task_names(experts, tasks) -> tuple[list, list[str]]:
+    if isinstance(experts, Mapping) and not all(isinstance(v, torch.Tensor) for v in experts.values()):
+        names, sources = [str(k) for k in experts], list(experts.values())
+    else:
+        if isinstance(experts, (str, os.PathLike, torch.nn.Module)) or (isinstance(experts, Mapping)):
+            raise ValueError("experts must be a list (or a dict task -> expert), not a single checkpoint")
+        sources = list(experts)
+        if tasks is not None:
+            names = [str(t) for t in tasks]
+        else:
+            names = [Path(str(s)).stem if isinstance(s, (str, os.PathLike)) else f"expert{i}"
+                     for i, s in enumerate(sources)]
+    if not sources:
+        raise ValueError("no experts given: need at least one expert checkpoint")
+    if len(names) != len(sources):
+        raise ValueError(f"{len(names)} task names for {len(sources)} experts")
+    names = [f"{n}_{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]  # unique, deterministic
+    return sources, names
+
+
+class _Plan:
+    """Validated routing of every tensor: which keys merge, which come from the base, which are heads."""
+
+    def __init__(self, base, experts, tasks, head_pattern, include, exclude):
+        sources, self.tasks = _task_names(experts, tasks)
+        self.base: Checkpoint = open_checkpoint(base)
+        self.experts: list[Checkpoint] = [open_checkpoint(s) for s in sources]
+        head = re.compile(head_pattern) if head_pattern else None
+        self.is_head = (lambda k: bool(head.fullmatch(k))) if head else (lambda k: False)
+        inc, exc = _patterns(include), _patterns(exclude)
+        keys = [k for k in self.base.keys() if not self.is_head(k)]
+        for task, ck in zip(self.tasks, self.experts):
+            ek = {k for k in ck.keys() if not self.is_head(k)}
+            missing, extra = sorted(set(keys) - ek), sorted(ek - set(keys))
+            if missing or extra:
+                raise ValueError(
+                    f"expert {task!r} ({ck.label}) does not match the base ({self.base.label}): "
+                    f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
+                    f"unexpected {extra[:5]}{' ...' if len(extra) > 5 else ''}"
+                )
+            for k in keys:
+                if ck.shape(k) != self.base.shape(k):
+                    raise ValueError(
+                        f"tensor {k!r}: expert {task!r} ({ck.label}) has shape {ck.shape(k)} but the base has "
+                        f"{self.base.shape(k)}"
+                    )
+                if ck.dtype(k).is_floating_point != self.base.dtype(k).is_floating_point:
+                    raise ValueError(f"tensor {k!r}: expert {task!r} ({ck.label}) has dtype {ck.dtype(k)}, "
+                                     f"the base {self.base.dtype(k)}")
+        self.keys = keys
+        self.merged = {
+            k for k in keys
+            if self.base.dtype(k).is_floating_point
+            and (not inc or any(p.fullmatch(k) for p in inc))
+            and not any(p.fullmatch(k) for p in exc)
+        }
+        self.head_keys = {t: [k for k in ck.keys() if self.is_head(k)] for t, ck in zip(self.tasks, self.experts)}
+
+    def layout(self) -> dict:
+        return {k: (self.base.shape(k), self.base.dtype(k)) for k in self.keys}
+
+    def read(self, ck: Checkpoint, key: str, who: str) -> torch.Tensor:
+        t = ck.get(key)
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"tensor {key!r} of {who} ({ck.label}) contains NaN or Inf")
+        return t
+
+    def task_vectors(self, key: str, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W0, taus)``: the base tensor and the (N, *shape) task vectors in ``dtype`` on ``device``."""
+        w0 = self.read(self.base, key, "the base").to(device=device, dtype=dtype)
+        taus = torch.empty((len(self.experts),) + tuple(w0.shape), dtype=dtype, device=device)
+        for i, (task, ck) in enumerate(zip(self.tasks, self.experts)):
+            taus[i] = self.read(ck, key, f"expert {task!r}").to(device=device, dtype=dtype) - w0
+        return w0, taus
+
+
+# ----------------------------------------------------------------------------- the stream
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _merge_one(plan: _Plan, key: str, method: Method, params: dict, device, dtype) -> tuple[torch.Tensor, dict]:
+    shape, out_dtype = plan.base.shape(key), plan.base.dtype(key)
+    row = {"name": key, "shape": list(shape)}
+    t0 = time.perf_counter()
+    if key not in plan.merged:
+        out = plan.read(plan.base, key, "the base").clone()
+        row["route"] = "base"
+    else:
+        w0, taus = plan.task_vectors(key, device, dtype)
+        if method.spectral and len(shape) != 2:
+            delta, info, route = taus.mean(0), {}, "mean"
+        else:
+            try:
+                delta, info = method.fn(taus, name=key, **params)
+            except (ValueError, torch.linalg.LinAlgError) as e:
+                raise ValueError(f"layer {key!r} {tuple(shape)}, method {method.name!r}: {e}") from None
+            route = "solver" if method.spectral else "rule"
+        merged = w0 + delta
+        if not torch.isfinite(merged).all():
+            raise ValueError(f"layer {key!r}: method {method.name!r} produced NaN or Inf")
+        out = merged.to(device="cpu", dtype=out_dtype)
+        row.update(route=route, **info)
+        del w0, taus, delta, merged
+        _sync(device)
+    row["seconds"] = time.perf_counter() - t0
+    return out, row
+
+
+def _stream(plan: _Plan, method: Method, params: dict, device, dtype, progress: bool) -> Iterator[tuple[str, torch.Tensor, dict]]:
+    with _no_tf32(), torch.no_grad():
+        for key in tqdm(plan.keys, desc=f"merge ({method.name})", disable=not progress, unit="tensor"):
+            out, row = _merge_one(plan, key, method, params, device, dtype)
+            yield key, out, row
+
+
+def _iter_heads(plan: _Plan) -> Iterator[tuple[str, str, torch.Tensor]]:
+    for task, ck in zip(plan.tasks, plan.experts):
+        for k in plan.head_keys[task]:
+            yield task, k, plan.read(ck, k, f"expert {task!r}").clone()
+
+
+def _new_report(method: Method, params: dict, plan: _Plan, device, dtype) -> MergeReport:
+    return MergeReport(method.name, dict(params), meta={
+        "device": str(device), "dtype": str(dtype).replace("torch.", ""), "n_experts": len(plan.experts),
+        "tasks": plan.tasks, "base": plan.base.label, "experts": [c.label for c in plan.experts],
+    })
+
+
+def _prepare(method, params, device, dtype):
+    m = get_method(method)
+    return m, resolve_params(m, params), resolve_device(device), _resolve_dtype(dtype)
+
+
+def merge(base, experts, method: str = "swudi", *, progress: bool = True, device="auto", dtype=torch.float32,
+          head_pattern: str | None = DEFAULT_HEAD_PATTERN, include=None, exclude=None,
+          tasks: Sequence[str] | None = None, **params) -> MergeResult:
+    """Merge ``experts`` into ``base`` in memory with a registered method.
+
+    Args:
+        base: state dict, ``nn.Module`` (timm models included), or a checkpoint path / spec.
+        experts: list of the same kinds, or a dict ``task -> expert`` (names the heads).
+        method: a name in :data:`~swudi_lab.merge.registry.METHODS`; ``**params`` its parameters
+            (unknown ones raise ``ValueError``), e.g. ``merge(b, e, "swudi", t=1300, ratio=0.65)``.
+        device: ``"auto"`` | ``"cpu"`` | ``"cuda"``. dtype: compute dtype, float32 or float64.
+        head_pattern: full-match regex of task-specific head tensors (``None``: no heads).
+        include, exclude: full-match regexes selecting the tensors to merge (others: base).
+        tasks: names of the experts (default: file stems or ``expert0``, ``expert1``, ...).
+
+    Returns :class:`MergeResult` with ``state_dict`` (every non-head base tensor, in the base's
+    dtype), ``heads[task][name]`` and the per-layer ``report``.
+    """
+    m, params, device, dtype = _prepare(method, params, device, dtype)
+    plan = _Plan(base, experts, tasks, head_pattern, include, exclude)
+    report = _new_report(m, params, plan, device, dtype)
+    state = {}
+    for key, out, row in _stream(plan, m, params, device, dtype, progress):
+        state[key] = out
+        report.add(**row)
+    heads: dict[str, dict[str, torch.Tensor]] = {}
+    for task, k, t in _iter_heads(plan):
+        heads.setdefault(task, {})[k] = t
+        report.add(name=f"{task}/{k}", shape=list(t.shape), route="head")
+    return MergeResult(state, heads, report)
+
+
+def merge_files(base_path, expert_paths: Sequence, out_path, method: str = "swudi", *,
+                report_path=None, heads_path=None, tasks: Sequence[str] | None = None, progress: bool = True,
+                device="auto", dtype=torch.float32, head_pattern: str | None = DEFAULT_HEAD_PATTERN,
+                include=None, exclude=None, **params) -> MergeReport:
+    """Merge checkpoint files into ``out_path`` (``.safetensors``), streaming tensor by tensor.
+
+    Same semantics as :func:`merge`. The output holds every non-head base tensor, written in
+    sorted order through a temporary file renamed at the end: on any error (bad input, NaN,
+    a failing layer) no output file is left behind. Heads (if the experts have any) go to
+    ``heads_path`` (default ``<out stem>.heads.safetensors``) as ``"<task>/<name>"``. The per-layer
+    report is returned and, with ``report_path``, written as JSON and CSV. On CPU two runs give
+    bitwise-identical files (fixed metadata, sorted keys).
+    """
+    out_path = Path(out_path)
+    if out_path.suffix.lower() != ".safetensors":
+        raise ValueError(f"output must be a .safetensors file, got {out_path}")
+    m, params, device, dtype = _prepare(method, params, device, dtype)
+    plan = _Plan(base_path, expert_paths, tasks, head_pattern, include, exclude)
+    inputs = {Path(c.label).resolve() for c in [plan.base, *plan.experts] if Path(c.label).is_file()}
+    targets = [out_path] + ([Path(heads_path)] if heads_path else [])
+    for p in targets:
+        if p.resolve() in inputs:
+            raise ValueError(f"output {p} is one of the inputs; inputs are never modified")
+    report = _new_report(m, params, plan, device, dtype)
+    metadata = {"format": "pt", "swudi_lab.method": m.name,
+                "swudi_lab.params": json.dumps(params, sort_keys=True), "swudi_lab.tasks": json.dumps(plan.tasks)}
+    t0 = time.perf_counter()
+    with SafetensorsWriter(out_path, plan.layout(), metadata) as writer:
+        for key, out, row in _stream(plan, m, params, device, dtype, progress):
+            writer.write(key, out)
+            report.add(**row)
+        heads = {}
+        for task, k, t in _iter_heads(plan):
+            heads[f"{task}/{k}"] = t
+            report.add(name=f"{task}/{k}", shape=list(t.shape), route="head")
+        if heads:
+            heads_path = Path(heads_path) if heads_path else out_path.with_name(out_path.stem + ".heads.safetensors")
+            save_safetensors(heads, heads_path, {"format": "pt", "swudi_lab.tasks": json.dumps(plan.tasks)})
+            report.meta["heads"] = str(heads_path)
+    report.meta.update(output=str(out_path), seconds=time.perf_counter() - t0)
+    if report_path is not None:
+        report.write(report_path)
+    return report
+
+
+def iter_layer_problems(base, experts, *, device="cpu", dtype=torch.float32,
+                        head_pattern: str | None = DEFAULT_HEAD_PATTERN, include=None, exclude=None,
+                        tasks: Sequence[str] | None = None, progress: bool = False) -> Iterator[LayerProblem]:
+    """Yield every merged 2-D weight's :class:`LayerProblem` ``(name, taus, C, D, eig, base)``.
+
+    Same inputs and selection as :func:`merge`, one layer at a time, so notebooks can study
+    spectra, filters and rank rules without re-implementing task-vector plumbing. ``C``, ``D``
+    from :func:`~swudi_lab.spectral.interference_operator`, ``eig`` from :func:`~swudi_lab.spectral.eigh`.
+    """
+    device, dtype = resolve_device(device), _resolve_dtype(dtype)
+    plan = _Plan(base, experts, tasks, head_pattern, include, exclude)
+    keys = [k for k in plan.keys if k in plan.merged and len(plan.base.shape(k)) == 2]
+    with _no_tf32(), torch.no_grad():
+        for key in tqdm(keys, desc="layers", disable=not progress):
+            w0, taus = plan.task_vectors(key, device, dtype)
+            C, D = interference_operator(taus)
+            yield LayerProblem(key, taus, C, D, eigh(C), w0)

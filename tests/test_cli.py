@@ -1,0 +1,70 @@
+"""The swudi-lab command line (swudi_lab.cli)."""
+
+import json
+import subprocess
+import sys
+
+import torch
+from merge_helpers import make_checkpoints
+
+import swudi_lab  # noqa: F401
+from swudi_lab.cli import main
+from swudi_lab.merge import merge, save_safetensors
+from swudi_lab.merge.io import load_state_dict
+
+
+def files(tmp_path, **kw):
+    base, experts = make_checkpoints(**kw)
+    b = str(save_safetensors(base, tmp_path / "base.safetensors"))
+    es = [str(save_safetensors(e, tmp_path / f"task{i}.safetensors")) for i, e in enumerate(experts)]
+    return base, experts, b, es
+
+
+def test_merge_roundtrip(tmp_path, capsys):
+    base, experts, b, es = files(tmp_path)
+    out = tmp_path / "merged.safetensors"
+    rc = main(["merge", "--base", b, "--experts", *es, "--method", "swudi", "--kappa", "3", "--ratio", "0.5",
+               "--out", str(out), "--report", str(tmp_path / "report.json"), "--no-progress", "--device", "cpu"])
+    assert rc == 0
+    got = load_state_dict(out)
+    want = merge(base, experts, "swudi", kappa=3, ratio=0.5, progress=False, device="cpu").state_dict
+    assert sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
+    rep = json.loads((tmp_path / "report.json").read_text())
+    row = next(r for r in rep["rows"] if r["name"] == "blocks.0.fc.weight")
+    assert row["kappa"] == 3.0 and row["t"] == 3.0 * 16 / 3 and row["k"] == 8
+    assert "blocks.0.fc.weight" in capsys.readouterr().out
+    assert (tmp_path / "report.csv").read_text().startswith("name,shape,route")
+
+
+def test_methods_lists_registry(capsys):
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    assert "swudi_a" in out and "--rank-rule" in out and "1300" in out
+
+
+def test_bad_input_is_an_error_without_output(tmp_path, capsys):
+    base, experts, b, es = files(tmp_path)
+    out = tmp_path / "m.safetensors"
+    common = ["--base", b, "--out", str(out), "--no-progress"]
+    cases = [
+        (["--experts", *es, "--method", "swudi", "--alpha", "1"], "--alpha is not a parameter of method 'swudi'"),
+        (["--experts", *es, "--method", "iwudi", "--t", "3", "--kappa", "1"], "only one of"),
+        (["--experts", *es, str(tmp_path / "gone.safetensors"), "--method", "average"], "gone.safetensors"),
+        (["--experts", *es, "--method", "nope"], "invalid choice"),
+        (["--experts", "--method", "swudi"], "expected at least one argument"),
+        (["--experts", *es, "--method", "swudi", "--rank", "3"], "unrecognized arguments"),
+    ]
+    for args, message in cases:
+        rc = main(["merge", *common, *args])
+        assert rc != 0, args
+        assert message in capsys.readouterr().err, args
+        assert not out.exists()
+    experts[0]["pos_embed"][0, 0, 0] = float("nan")
+    save_safetensors(experts[0], es[0])
+    assert main(["merge", *common, "--experts", *es, "--method", "ties"]) == 1
+    assert "'pos_embed' of expert 'task0'" in capsys.readouterr().err and not out.exists()
+
+
+def test_python_dash_m():
+    r = subprocess.run([sys.executable, "-m", "swudi_lab.cli", "methods", "swudi"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--ratio" in r.stdout
