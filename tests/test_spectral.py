@@ -391,3 +391,33 @@ def test_bad_input_raises_value_error_naming_the_argument(layer, make, name):
     _, C, D, theta0, _ = layer
     with pytest.raises(ValueError, match=name):
         make(C, D, theta0)
+
+
+def test_soft_filters_stay_exact_below_the_eigenvalue_floor():
+    """Eigenvalues below the 1e-8 floor: GD / gradient flow still equal their filters exactly.
+
+    The floor protects pseudoinverse-like filters from dividing by round-off; filters whose
+    f(lambda)/lambda has a finite limit at 0 (Landweber: eta n, exponential: t) must use it.
+    """
+    from swudi_lab.spectral import Eig
+
+    g = torch.Generator().manual_seed(3)
+    Q, _ = torch.linalg.qr(torch.randn(12, 12, generator=g, dtype=torch.float64))
+    lam = torch.tensor([2.0, 1.0, 0.5, 0.1, 1e-3, 1e-6, 1e-9, 1e-11, 1e-13, 0.0, 0.0, 0.0], dtype=torch.float64)
+    C = Q @ torch.diag(lam) @ Q.T
+    C = 0.5 * (C + C.T)
+    D = torch.randn(5, 12, generator=g, dtype=torch.float64)
+    theta0 = torch.randn(5, 12, generator=g, dtype=torch.float64)
+    eig = Eig(lam, Q)  # the exact decomposition, so only the division is under test
+    eta, n = 0.4, 2000
+    gd = theta0.clone()
+    for _ in range(n):
+        gd = gd - eta * (gd @ C - D)
+    lw = spectral_estimate(C, D, theta0, landweber(eta, n), eig=eig)
+    torch.testing.assert_close(lw, gd, rtol=1e-9, atol=1e-9)
+    # exponential: the k-th direction moves by (1 - exp(-lambda t)) / lambda * D q_k -> t D q_k
+    t = 50.0
+    ex = spectral_estimate(C, D, theta0, exponential(t), eig=eig)
+    f_over = torch.where(lam > 0, -torch.expm1(-lam * t) / lam.clamp_min(1e-300), torch.full_like(lam, t))
+    want = theta0 + ((D @ Q) * f_over - (theta0 @ Q) * (-torch.expm1(-lam * t))) @ Q.T
+    torch.testing.assert_close(ex, want, rtol=1e-10, atol=1e-12)

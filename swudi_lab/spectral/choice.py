@@ -10,9 +10,10 @@ factors ``f_k = f(sigma_k^2)`` (DESIGN.md notation, ``lambda = sigma^2``)::
     ||A x_p - b||^2 = sum_k ((1 - f_k) beta_k)^2 + ||b - U U^T b||^2
     dof(p)     = sum_k f_k       (trace of the influence matrix A A^#, "effective parameters")
 
-As in ``filtered_solve``, ``sigma_k^2`` is floored at ``EIGEN_FLOOR^2`` (1e-16) before dividing,
-so directions with ``sigma_k < 1e-8`` are damped by ``sigma_k^2 / 1e-16`` whatever the filter,
-and count that much in ``dof`` and in the residual.
+As in ``filtered_solve``, ``f_k / sigma_k`` is ``(f_k / sigma_k^2) sigma_k`` with
+``Filter.over_lambda`` and the floor ``EIGEN_FLOOR^2`` (1e-16) on ``sigma^2``: pseudoinverse-like
+filters damp directions with ``sigma_k < 1e-8`` (and count them that much in ``dof`` and in the
+residual); filters that vanish like lambda at 0 stay exact.
 
 Order of the grid. Rules speak of "more" and "less" regularized: more regularization means
 smaller factors, fewer effective parameters ``dof``, larger residual and smaller solution
@@ -133,7 +134,7 @@ def parameter_curves(A, b, family: Callable[[object], Filter], params: Sequence,
         if not torch.isfinite(f).all():
             raise ValueError(f"filter {filt} produced non-finite factors")
         filters.append(filt)
-        rows.append(f * sigma / lam.clamp_min(EIGEN_FLOOR**2))  # f_k / sigma_k as in filtered_solve
+        rows.append(filt.over_lambda(lam, EIGEN_FLOOR**2) * sigma)  # f_k / sigma_k as in filtered_solve
     W = torch.stack(rows)  # (P, r)
     coef = W * beta
     dof = (W * sigma).sum(dim=1)  # sum_k f_k

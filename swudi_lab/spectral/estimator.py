@@ -15,8 +15,11 @@ For a least-squares problem ``A x = b`` (the toy lab) the same filters act throu
 
 which is the spectral estimator for the normal equation ``A^T A x = A^T b`` with ``x0 = 0``.
 
-Eigenvalues are floored at ``floor`` (default 1e-8) before dividing, and clipped at 0 before
-the filter sees them. Pass a precomputed :class:`Eig` / :class:`SVD` to sweep many filters
+Eigenvalues are clipped at 0 before the filter sees them. ``f / lambda`` is computed by
+:meth:`Filter.over_lambda`: filters that vanish like lambda at 0 (Landweber, exponential,
+Tikhonov, SWUDI) divide exactly (their limit at lambda = 0 is finite); the others
+(pseudoinverse, top-K) divide by ``max(lambda, floor)`` (floor 1e-8), never by round-off. Pass a precomputed
+:class:`Eig` / :class:`SVD` to sweep many filters
 for the cost of one decomposition.
 """
 
@@ -125,7 +128,7 @@ def spectral_estimate(C, D, theta0, filt: Filter, *, eig: Eig | None = None,
         theta0: (d_out, d_in) start, or ``None`` for zeros.
         filt: a :class:`~swudi_lab.spectral.filters.Filter`.
         eig: precomputed ``eigh(C)`` (skips the decomposition; C is then only validated).
-        floor: eigenvalues are floored at this value before dividing.
+        floor: eigenvalue floor for ``f / lambda`` (see :meth:`Filter.over_lambda`).
         dtype: compute dtype (default: C's).
 
     Returns the (d_out, d_in) estimate. Directions with ``f_k = 0`` are skipped entirely, so a
@@ -136,10 +139,11 @@ def spectral_estimate(C, D, theta0, filt: Filter, *, eig: Eig | None = None,
         raise ValueError(f"floor must be > 0, got {floor!r}")
     lam, V = eig if eig is not None else eigh(C)
     lam, V = lam.to(C), V.to(C)
-    f = _factors(filt, lam)
-    keep = f != 0
-    f, lam_k, Vk = f[keep], lam[keep], V[:, keep]
-    coeff = (D @ Vk) * (f / lam_k.clamp_min(floor))  # D q_k f_k / lambda_k
+    f = _factors(filt, lam)  # the filter sees the whole spectrum (top-K ranks it)
+    f_over_lam = filt.over_lambda(lam, floor)  # f_k / lambda_k (may be > 0 where f_k = 0 = lambda_k)
+    keep = (f != 0) | (f_over_lam != 0)
+    f, Vk, f_over_lam = f[keep], V[:, keep], f_over_lam[keep]
+    coeff = (D @ Vk) * f_over_lam  # D q_k f_k / lambda_k
     if theta0 is not None:
         coeff = coeff - (theta0 @ Vk) * f  # - f_k theta0 q_k
         return theta0 + coeff @ Vk.T
@@ -154,9 +158,9 @@ def filtered_solve(A, b, filt: Filter, *, decomposition: SVD | None = None,
         A: (m, n) operator; b: (m,) or (m, k) data.
         filt: filter applied to ``lambda = sigma^2`` (eigenvalues of ``A^T A``).
         decomposition: precomputed :func:`svd` of A.
-        floor: floor on ``sigma^2`` before dividing (default 1e-16, i.e. sigma < 1e-8 is damped
-            whatever the filter: directions below that are at round-off level in float64 and
-            their "pseudoinverse" coefficients would be pure noise times 1e8 or more).
+        floor: floor on ``sigma^2`` for ``f / sigma^2`` (default 1e-16): pseudoinverse-like
+            filters damp directions with sigma < 1e-8, which are at round-off level in float64;
+            filters that vanish like lambda at 0 (Tikhonov, exponential, Landweber) stay exact.
 
     Returns x of shape (n,) or (n, k). ``pseudoinverse()`` gives the minimum-norm
     least-squares solution; ``tikhonov(alpha)`` gives ``(A^T A + alpha I)^-1 A^T b``.
@@ -166,8 +170,8 @@ def filtered_solve(A, b, filt: Filter, *, decomposition: SVD | None = None,
     if b.shape[0] != U.shape[0]:
         raise ValueError(f"b has {b.shape[0]} rows but A has {U.shape[0]}")
     lam = sigma**2
-    f = _factors(filt, lam)
-    weights = f * sigma / lam.clamp_min(floor)  # f / sigma, 0 where sigma = 0
+    _factors(filt, lam)  # validates the filter's output
+    weights = filt.over_lambda(lam, floor) * sigma  # f / sigma = (f / lambda) sigma, 0 where sigma = 0
     coeff = U.T @ b
     coeff = coeff * (weights if b.ndim == 1 else weights[:, None])
     return V @ coeff

@@ -57,11 +57,18 @@ class Filter:
 
     ``fn`` receives the eigenvalues as a 1-D float tensor with negatives clipped to 0 and
     returns the factors; :meth:`__call__` handles numpy input and validation.
+
+    ``slope0 = lim_{lambda -> 0} f(lambda) / lambda`` when it is finite (Landweber: ``eta n``,
+    exponential: ``t``, Tikhonov: ``1 / alpha``). The estimator needs ``f / lambda``;
+    :meth:`over_lambda` divides such filters exactly (no eigenvalue floor), so they stay exact
+    (GD equals Landweber) on rank-deficient or ill-conditioned C.
     """
 
     name: str
     params: dict = field(default_factory=dict)
     fn: Callable[[torch.Tensor], torch.Tensor] = field(repr=False, compare=False, default=None)
+    slope0: float | None = field(default=None, repr=False, compare=False)
+    over: Callable[[torch.Tensor, float], torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
     def __call__(self, lam):
         """Filter factors ``f(lambda)`` for a 1-D array of eigenvalues (any order)."""
@@ -76,13 +83,30 @@ class Filter:
         f = self.fn(t.clamp_min(0))
         return f.cpu().numpy() if is_numpy else f
 
+    def over_lambda(self, lam: torch.Tensor, floor: float) -> torch.Tensor:
+        """``f(lambda) / lambda`` as the estimator uses it (lam: 1-D tensor, clipped at 0).
+
+        Filters with a finite ``slope0`` compute their factors without cancellation, so the
+        division is exact for every ``lambda > 0`` and ``slope0`` is used at ``lambda = 0``.
+        Other filters divide by ``max(lambda, floor)`` (the eigenvalue floor of DESIGN.md: a
+        pseudoinverse-like filter must not divide by round-off).
+        """
+        lam = lam.clamp_min(0)
+        if self.over is not None:
+            return self.over(lam, floor)
+        if self.slope0 is None:
+            return self.fn(lam) / lam.clamp_min(floor)
+        tiny = torch.finfo(lam.dtype).tiny
+        return torch.where(lam > 0, self.fn(lam) / lam.clamp_min(tiny), torch.full_like(lam, self.slope0))
+
     def __mul__(self, other: "Filter") -> "Filter":
         """Product filter ``f(lambda) = f1(lambda) * f2(lambda)`` (e.g. SWUDI = exp x top-K)."""
         if not isinstance(other, Filter):
             return NotImplemented
         params = {f"{self.name}.{k}": v for k, v in self.params.items()}
         params.update({f"{other.name}.{k}": v for k, v in other.params.items()})
-        return Filter(f"{self.name}*{other.name}", params, lambda lam: self.fn(lam) * other.fn(lam))
+        return Filter(f"{self.name}*{other.name}", params, lambda lam: self.fn(lam) * other.fn(lam),
+                      over=_product_over(self, other))
 
     @property
     def label(self) -> str:
@@ -92,6 +116,15 @@ class Filter:
 
     def __str__(self) -> str:
         return self.label
+
+
+def _product_over(a: Filter, b: Filter):
+    """``(f_a f_b) / lambda``, dividing the factor that vanishes at 0 (if either does) exactly."""
+    if a.slope0 is not None or a.over is not None:
+        return lambda lam, floor: a.over_lambda(lam, floor) * b.fn(lam)
+    if b.slope0 is not None or b.over is not None:
+        return lambda lam, floor: b.over_lambda(lam, floor) * a.fn(lam)
+    return None
 
 
 def _fmt(v) -> str:
@@ -142,7 +175,14 @@ def landweber(eta: float, n: int) -> Filter:
     """
     eta = _positive("eta", eta)
     n = _count("n", n, 0)
-    return Filter("landweber", {"eta": eta, "n": n}, lambda lam: 1 - (1 - eta * lam) ** n)
+
+    def fn(lam):
+        x = eta * lam
+        # 1 - (1 - x)^n without cancellation for small x: -expm1(n log1p(-x)) (valid for x < 1)
+        stable = -torch.expm1(n * torch.log1p(-x.clamp_max(0.5)))
+        return torch.where(x < 0.5, stable, 1 - (1 - x) ** n)
+
+    return Filter("landweber", {"eta": eta, "n": n}, fn, slope0=eta * n)
 
 
 def exponential(t: float) -> Filter:
@@ -152,13 +192,13 @@ def exponential(t: float) -> Filter:
     free: ``kappa = t N / d_in`` (mean eigenvalue times t) is (DESIGN.md, "Scale").
     """
     t = _positive("t", t, allow_zero=True)
-    return Filter("exponential", {"t": t}, lambda lam: -torch.expm1(-lam * t))
+    return Filter("exponential", {"t": t}, lambda lam: -torch.expm1(-lam * t), slope0=t)
 
 
 def tikhonov(alpha: float) -> Filter:
     """``f(lambda) = lambda / (lambda + alpha)``: ridge, ``theta = (D + alpha theta0)(C + alpha I)^-1``."""
     alpha = _positive("alpha", alpha)
-    return Filter("tikhonov", {"alpha": alpha}, lambda lam: lam / (lam + alpha))
+    return Filter("tikhonov", {"alpha": alpha}, lambda lam: lam / (lam + alpha), slope0=1 / alpha)
 
 
 def _top_k_mask(lam: torch.Tensor, k: int | None, ratio: float | None) -> torch.Tensor:
@@ -201,7 +241,7 @@ def swudi(t: float = 1300.0, k: int | None = None, ratio: float | None = 0.65) -
         ratio = None
     soft, hard = exponential(t), top_k(k=k, ratio=ratio)
     params = {"t": soft.params["t"], **hard.params}
-    return Filter("swudi", params, lambda lam: soft.fn(lam) * hard.fn(lam))
+    return Filter("swudi", params, lambda lam: soft.fn(lam) * hard.fn(lam), over=_product_over(soft, hard))
 
 
 def wiener(p: float = 1.0, nu2: float = 1e-3) -> Filter:

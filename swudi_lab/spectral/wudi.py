@@ -61,7 +61,8 @@ def interference_operator(task_vectors, dtype: torch.dtype | None = None):
     d_out, d_in = taus.shape[1:]
     n = _norms(taus)
     live = n > 0
-    taus, n = taus[live], n[live]
+    if not live.all():  # skip experts that left this layer untouched (no copy when all are live)
+        taus, n = taus[live], n[live]
     if taus.shape[0] == 0:  # every expert left this layer untouched
         return taus.new_zeros(d_in, d_in), taus.new_zeros(d_out, d_in)
     scaled = taus / n.view(-1, 1, 1)  # tau_i / n_i
