@@ -3,6 +3,9 @@
     swudi-lab merge --base BASE --experts E1 E2 ... --method swudi [--t 1300] [--ratio 0.65]
                     [--device auto] [--dtype float32] --out merged.safetensors [--report report.json]
     swudi-lab methods
+    swudi-lab zoo build [--seeds 0 1 2] [--pretrain]      (the offline ViT expert zoo)
+    swudi-lab demo [--seeds 0 1 2] [--quick] | --toy      (make demo)
+    swudi-lab bench [merge_cost.py arguments]            (time and peak memory per method)
 
 Every method parameter of :data:`swudi_lab.merge.METHODS` is a flag (``rank_rule`` ->
 ``--rank-rule``); only the chosen method's flags are accepted, an irrelevant one given
@@ -15,6 +18,7 @@ in :data:`SUBCOMMANDS`. ``python -m swudi_lab.cli`` works like ``swudi-lab``.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import swudi_lab  # noqa: F401  (torchvision shim before any timm import)
@@ -118,11 +122,103 @@ def _cmd_methods(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- zoo
+
+
+def _add_zoo(sub) -> None:
+    p = sub.add_parser("zoo", help="build, reuse or inspect the offline ViT expert zoo")
+    p.add_argument("action", choices=["build", "info"], help="build: build or reuse; info: print manifests")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="expert seeds (default: 0, the shipped one)")
+    p.add_argument("--root", default="data/zoo", help="zoo cache directory")
+    p.add_argument("--force", action="store_true", help="rebuild even if the cache verifies")
+    p.add_argument("--pretrain", action="store_true",
+                   help="first reproduce the pretrained base (a long CPU run) into --pretrained-out")
+    p.add_argument("--pretrained-out", default="data/pretrained/reproduced",
+                   help="where --pretrain writes (the shipped base in data/pretrained is never overwritten)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
+
+
+def _cmd_zoo(args) -> int:
+    from swudi_lab.zoo import build_zoo, load_zoo
+    from swudi_lab.zoo.build import DATA_DIR, DEFAULT_PRETRAINED, ZooCacheError, build_pretrained
+
+    if args.action == "info":
+        for seed in args.seeds:
+            try:
+                zoo = load_zoo(args.root, seed)
+            except ZooCacheError as e:  # a one-line error, like every other bad input
+                raise ValueError(f"{e} (build it with: swudi-lab zoo build --seeds {seed})") from None
+            print(zoo)
+            print(json.dumps(zoo.manifest.get("accuracy", {}), indent=1))
+        return 0
+    if args.pretrain:
+        info = build_pretrained(out_dir=args.pretrained_out, device=args.device)
+        shipped = DATA_DIR / "pretrained" / f"{DEFAULT_PRETRAINED}.json"
+        same = shipped.is_file() and json.loads(shipped.read_text()).get("sha256") == info["sha256"]
+        print(f"pretrained base: val acc {info.get('val_accuracy', float('nan')):.2f}%, sha256 {info['sha256'][:16]}... "
+              + ("(identical to the shipped base)" if same else "(differs from the shipped base; the zoo keeps "
+                 "using the shipped one: float results depend on the machine and thread count)"))
+    for seed in args.seeds:
+        print(build_zoo(args.root, seed, force=args.force, device=args.device))
+    return 0
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="end-to-end merge of the offline zoo with every method (make demo)")
+    p.add_argument("--toy", action="store_true", help="the toy demo instead: a noisy test problem, every filter")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="expert seeds (mean ± std over them)")
+    p.add_argument("--quick", action="store_true", help="smoke run: 300 test images per task, short sweeps")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--out", default="results/demo", help="output directory")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _cmd_demo(args) -> int:
+    if args.toy:
+        from swudi_lab.toy import print_toy_demo
+
+        print_toy_demo()
+        return 0
+    from swudi_lab.demo import run_demo
+    from swudi_lab.merge.engine import resolve_device
+
+    run_demo(seeds=tuple(args.seeds), out_dir=args.out, device=str(resolve_device(args.device)), quick=args.quick,
+             progress=not args.no_progress)
+    return 0
+
+
+# ----------------------------------------------------------------------------- bench
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="merge cost benchmark (benchmarks/merge_cost.py; needs a source checkout)")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for merge_cost.py (see --help there)")
+
+
+def _cmd_bench(args) -> int:
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "merge_cost.py"
+    if not script.is_file():
+        raise FileNotFoundError(f"{script} not found: the benchmark ships with the source checkout, not the wheel")
+    spec = importlib.util.spec_from_file_location("merge_cost", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return int(module.main(args.bench_args) or 0)
+
+
 # ----------------------------------------------------------------------------- main
 
 SUBCOMMANDS = {
     "merge": (_add_merge, _cmd_merge),
     "methods": (_add_methods, _cmd_methods),
+    "zoo": (_add_zoo, _cmd_zoo),
+    "demo": (_add_demo, _cmd_demo),
+    "bench": (_add_bench, _cmd_bench),
 }
 """name -> (add_parser(subparsers), run(args) -> exit code)."""
 

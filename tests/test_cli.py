@@ -68,3 +68,22 @@ def test_bad_input_is_an_error_without_output(tmp_path, capsys):
 def test_python_dash_m():
     r = subprocess.run([sys.executable, "-m", "swudi_lab.cli", "methods", "swudi"], capture_output=True, text=True)
     assert r.returncode == 0 and "--ratio" in r.stdout
+
+
+def test_demo_toy_prints_the_filter_table(capsys):
+    from swudi_lab.cli import main
+
+    assert main(["demo", "--toy"]) == 0
+    out = capsys.readouterr().out
+    for name in ("pseudoinverse", "landweber", "exponential", "tikhonov", "top_k", "swudi", "wiener"):
+        assert name in out
+
+
+def test_zoo_info_on_a_micro_zoo(tmp_path, capsys):
+    from swudi_lab.cli import main
+    from swudi_lab.zoo import ZooConfig, build_zoo
+
+    build_zoo(tmp_path / "zoo", seed=0, config=ZooConfig.micro(), progress=False)
+    assert main(["zoo", "info", "--root", str(tmp_path / "zoo")]) == 0
+    assert "Zoo(" in capsys.readouterr().out
+    assert main(["zoo", "info", "--root", str(tmp_path / "missing")]) != 0
