@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -45,6 +46,8 @@ __all__ = [
     "normalized_accuracy",
     "mean_std",
     "load_state_dict",
+    "reference_rows",
+    "summarize_seeds",
 ]
 
 
@@ -257,7 +260,7 @@ def evaluate_backbone(
             if task not in heads:
                 raise ValueError(f"no head for task {task!r} (heads for: {sorted(heads)})")
             x, y = _tasks_split(tasks_data, task)
-            y = torch.as_tensor(y).long()
+            y = torch.as_tensor(np.array(y) if not torch.is_tensor(y) else y).long()
             w, b = heads[task]
             w = w.to(device=device, dtype=torch.float32)
             b = None if b is None else b.to(device=device, dtype=torch.float32)
@@ -329,3 +332,30 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     if len(vals) < 2:
         return mu, 0.0
     return mu, math.sqrt(sum((v - mu) ** 2 for v in vals) / (len(vals) - 1))
+
+
+def reference_rows(zoo) -> dict[str, dict[str, float]]:
+    """The two reference rows of a zoo: ``{"base": base-with-heads, "experts": each expert on its task}``."""
+    return {"base": dict(zoo.manifest["accuracy"]["base"]), "experts": dict(zoo.manifest["accuracy"]["expert"])}
+
+
+def summarize_seeds(runs: Mapping[str, Sequence[Mapping[str, float]]],
+                    experts: Sequence[Mapping[str, float]] | None = None) -> dict[str, dict]:
+    """Mean +- std over expert seeds of each method's average (and normalized) accuracy.
+
+    ``runs``: ``method -> [acc dict of seed 0, acc dict of seed 1, ...]``; ``experts``: the expert
+    reference row of each seed (same order), for normalized accuracy. Returns
+    ``method -> {"avg": (mean, std), "norm": (mean, std) | None, "per_task": {task: (mean, std)}, "n": seeds}``.
+    """
+    out = {}
+    for method, accs in runs.items():
+        accs = list(accs)
+        avg = mean_std([average_accuracy(a) for a in accs])
+        norm = None
+        if experts is not None:
+            if len(experts) != len(accs):
+                raise ValueError(f"{method}: {len(accs)} runs but {len(experts)} expert rows")
+            norm = mean_std([normalized_accuracy(a, e) for a, e in zip(accs, experts)])
+        tasks = list(accs[0]) if accs else []
+        out[method] = {"avg": avg, "norm": norm, "per_task": {t: mean_std([a[t] for a in accs]) for t in tasks}, "n": len(accs)}
+    return out

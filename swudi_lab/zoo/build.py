@@ -1,0 +1,579 @@
+"""Build, cache, verify and ship the expert zoo.
+
+Layout written by :func:`build_zoo` (``root`` defaults to ``data/zoo``, git-ignored)::
+
+    <root>/seed<k>/base.safetensors            backbone state dict of the pretrained base (float32)
+    <root>/seed<k>/experts/<task>.safetensors  fine-tuned backbones, W_i = W_0 + tau_i (float32)
+    <root>/seed<k>/heads.safetensors           fixed prototype heads: <task>.weight (K, D), <task>.bias (K,)
+    <root>/seed<k>/manifest.json               config, seeds, accuracies, task-vector ratios, sha256 of every file
+
+Experts are defined through their task vectors stored in float16:
+``W_i = W_0 + float32(float16(W_i^ft - W_0))``; the rounding (relative 5e-4 of ``tau``) is applied
+to every seed, so a release pack (base + float16 task vectors, :func:`write_release`) rebuilds
+the *identical* float32 files, verified by hash.
+
+Every load verifies the sha256 of each file against the manifest. A corrupted, partial or
+stale cache raises :class:`ZooCacheError` from :func:`load_zoo`; :func:`build_zoo` rebuilds it
+instead (it never silently uses it). A shipped pretrained base whose hash does not match its
+recipe file is refused (:class:`ZooCacheError`), since the experts would not be the documented ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .model import BackboneConfig, make_backbone
+from .tasks import TASK_CLASSES, TASKS
+from .tasks import make_split as _offline_split
+from .train import FinetuneRecipe, PretrainRecipe, finetune, pretrain, prototype_heads, task_vector_ratio
+
+__all__ = [
+    "DATA_DIR",
+    "DEFAULT_PRETRAINED",
+    "ZooConfig",
+    "Zoo",
+    "ZooCacheError",
+    "build_zoo",
+    "load_zoo",
+    "write_release",
+    "build_pretrained",
+    "task_split",
+    "sha256_file",
+    "TARGET_MIN_GAIN",
+    "TARGET_RATIO",
+]
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+DEFAULT_PRETRAINED = "vit_p4_w128_d4_mix48"
+FORMAT = "swudi_lab.zoo/1"
+TARGET_MIN_GAIN = 30.0  # points, experts over base-with-heads, averaged over tasks
+TARGET_RATIO = (0.01, 0.10)  # ||tau||_F / ||W0||_F over the 2-D weights: "a few percent"
+
+
+class ZooCacheError(RuntimeError):
+    """A zoo directory, release pack or shipped base is missing, partial, stale or corrupted."""
+
+
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_json(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=False, default=float)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _atomic_save(tensors: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- task sources
+
+
+def task_split(config, task: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """A task's fixed split for ``config``: offline generators, or torchvision for ``tv:<name>``."""
+    n = config.n_train if split == "train" else config.n_test
+    from .online import dataset_split, is_online_task
+
+    if is_online_task(task):
+        return dataset_split(task, split, n, config.data_seed, getattr(config.backbone, "img_size", 224))
+    return _offline_split(task, split, n, config.data_seed)
+
+
+def n_classes(config, task: str) -> int:
+    if task in TASK_CLASSES:
+        return TASK_CLASSES[task]
+    x, y = task_split(config, task, "train")
+    return int(y.max()) + 1
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class ZooConfig:
+    """Everything that determines a zoo (with the seed). ``pretrained``: name in
+    ``data/pretrained/``, a path to a ``.safetensors`` file (its recipe ``.json`` beside it), or
+    ``None`` for a randomly initialized base (micro zoos in tests)."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    tasks: tuple = TASKS
+    n_train: int = 4000
+    n_test: int = 1000
+    data_seed: int = 0
+    finetune: FinetuneRecipe = field(default_factory=FinetuneRecipe)
+    pretrained: str | None = DEFAULT_PRETRAINED
+    tau_dtype: str = "float16"
+    threads: int | None = None
+    check_targets: bool = True
+
+    @classmethod
+    def micro(cls, **kw) -> "ZooConfig":
+        """A zoo that builds in seconds: tiny ViT, three tasks, few images, few steps."""
+        base = dict(
+            backbone=BackboneConfig(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, mlp_ratio=2.0),
+            tasks=("digits", "orientation", "position"),
+            n_train=60,
+            n_test=30,
+            finetune=FinetuneRecipe(steps=4, batch_size=16, lr=1e-3, warmup=1, prototype_images=60),
+            pretrained=None,
+            threads=1,
+            check_targets=False,
+        )
+        base.update(kw)
+        return cls(**base)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["tasks"] = list(self.tasks)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ZooConfig":
+        d = dict(d)
+        if "name" in d["backbone"]:
+            from .online import HubBackboneConfig
+
+            d["backbone"] = HubBackboneConfig(**d["backbone"])
+        else:
+            d["backbone"] = BackboneConfig(**d["backbone"])
+        d["finetune"] = FinetuneRecipe(**d["finetune"])
+        d["tasks"] = tuple(d["tasks"])
+        return cls(**d)
+
+    def key(self) -> str:
+        """Hash of what determines the weights (``threads``/``check_targets`` excluded)."""
+        d = self.to_dict()
+        d.pop("threads", None)
+        d.pop("check_targets", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- the Zoo object
+
+
+class Zoo:
+    """A verified zoo on disk: base, experts, heads and manifest of one seed."""
+
+    def __init__(self, directory, manifest: dict):
+        self.dir = Path(directory)
+        self.manifest = manifest
+        self.config = ZooConfig.from_dict(manifest["config"])
+        self.seed = int(manifest["seed"])
+        self.tasks: list[str] = list(manifest["tasks"])
+        self.base_path = self.dir / "base.safetensors"
+        self.expert_paths = {t: self.dir / "experts" / f"{t}.safetensors" for t in self.tasks}
+        self.heads_path = self.dir / "heads.safetensors"
+        raw = load_file(str(self.heads_path))
+        self.heads = {t: (raw[f"{t}.weight"], raw[f"{t}.bias"]) for t in self.tasks}
+        self.n_classes = {t: int(self.heads[t][0].shape[0]) for t in self.tasks}
+
+    def __repr__(self) -> str:
+        acc = self.manifest.get("accuracy", {})
+        return (
+            f"Zoo(dir={str(self.dir)!r}, seed={self.seed}, tasks={self.tasks}, "
+            f"base={acc.get('avg_base', float('nan')):.1f}%, experts={acc.get('avg_expert', float('nan')):.1f}%)"
+        )
+
+    # weights
+    def make_backbone(self) -> torch.nn.Module:
+        return make_backbone(self.config.backbone)
+
+    def base_state_dict(self) -> dict[str, torch.Tensor]:
+        return load_file(str(self.base_path))
+
+    def expert_state_dict(self, task: str) -> dict[str, torch.Tensor]:
+        return load_file(str(self.expert_paths[task]))
+
+    def task_vectors(self) -> dict[str, dict[str, torch.Tensor]]:
+        base = self.base_state_dict()
+        return {t: {k: v - base[k] for k, v in self.expert_state_dict(t).items()} for t in self.tasks}
+
+    def load_backbone(self, state: dict | str | os.PathLike | None = None) -> torch.nn.Module:
+        """A backbone module holding ``state`` (a state dict or safetensors path; default: the base)."""
+        if state is None:
+            state = self.base_state_dict()
+        elif isinstance(state, (str, os.PathLike)):
+            state = load_file(str(state))
+        m = self.make_backbone()
+        m.load_state_dict(state)
+        return m.eval()
+
+    # data
+    def test_data(self, max_per_task: int | None = None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Fixed test split of every task: ``task -> (uint8 (M, 32, 32, 3), int64 (M,))``."""
+        out = {}
+        for t in self.tasks:
+            x, y = task_split(self.config, t, "test")
+            out[t] = (x[:max_per_task], y[:max_per_task]) if max_per_task else (x, y)
+        return out
+
+    def train_data(self, task: str) -> tuple[np.ndarray, np.ndarray]:
+        return task_split(self.config, task, "train")
+
+    @property
+    def expert_accuracy(self) -> dict[str, float]:
+        return dict(self.manifest["accuracy"]["expert"])
+
+    @property
+    def base_accuracy(self) -> dict[str, float]:
+        return dict(self.manifest["accuracy"]["base"])
+
+
+# ----------------------------------------------------------------------------- verification
+
+
+def _verify_dir(directory: Path, config: ZooConfig | None = None) -> dict:
+    mpath = directory / "manifest.json"
+    if not mpath.is_file():
+        raise ZooCacheError(f"zoo cache {directory}: manifest.json is missing (partial or no build)")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ZooCacheError(f"zoo cache {directory}: manifest.json is corrupted ({e})") from e
+    if manifest.get("format") != FORMAT or "files" not in manifest:
+        raise ZooCacheError(f"zoo cache {directory}: manifest has an unknown format {manifest.get('format')!r}")
+    expected = {"base.safetensors", "heads.safetensors"} | {f"experts/{t}.safetensors" for t in manifest.get("tasks", [])}
+    missing_entries = expected - set(manifest["files"])
+    if missing_entries:
+        raise ZooCacheError(f"zoo cache {directory}: manifest lacks hashes for {sorted(missing_entries)}")
+    for rel, digest in manifest["files"].items():
+        p = directory / rel
+        if not p.is_file():
+            raise ZooCacheError(f"zoo cache {directory}: file {rel} is missing (partial build?)")
+        got = sha256_file(p)
+        if got != digest:
+            raise ZooCacheError(f"zoo cache {directory}: file {rel} is corrupted (sha256 {got[:12]}... != manifest {digest[:12]}...)")
+    if config is not None and manifest.get("config_key") != config.key():
+        raise ZooCacheError(
+            f"zoo cache {directory} was built with another config (key {manifest.get('config_key')} != {config.key()})"
+        )
+    return manifest
+
+
+def _seed_dir(root, seed: int) -> Path:
+    return Path(root) / f"seed{int(seed)}"
+
+
+def load_zoo(root="data/zoo", seed: int = 0, verify: bool = True, config: ZooConfig | None = None,
+             release_root=None) -> Zoo:
+    """Open the zoo of ``seed`` under ``root``, verifying every file's sha256.
+
+    If the cache is absent and a release pack exists (``data/zoo_release/seed<k>``, default
+    ``release_root``), the float32 experts are materialized from it first (and verified).
+    Raises :class:`ZooCacheError` on a missing, partial, corrupted or (with ``config``) stale cache.
+    The release pack is used only for a directory that does not exist yet (or is empty) and, when
+    ``config`` is given, only if it was built with that config.
+    """
+    d = _seed_dir(root, seed)
+    fresh = not d.exists() or not any(d.iterdir())  # a partial directory is reported, never overwritten here
+    if fresh:
+        rel = _seed_dir(release_root if release_root is not None else DATA_DIR / "zoo_release", seed)
+        if (rel / "manifest.json").exists():
+            try:
+                rel_key = json.loads((rel / "manifest.json").read_text()).get("config_key")
+            except (OSError, json.JSONDecodeError) as e:
+                raise ZooCacheError(f"release pack {rel}: unreadable manifest ({e})") from e
+            if config is None or config.key() == rel_key:
+                materialize_release(rel, d)
+    if verify:
+        manifest = _verify_dir(d, config)
+    else:
+        if not (d / "manifest.json").is_file():
+            raise ZooCacheError(f"zoo cache {d}: manifest.json is missing")
+        manifest = json.loads((d / "manifest.json").read_text())
+    return Zoo(d, manifest)
+
+
+# ----------------------------------------------------------------------------- pretrained base
+
+
+def _pretrained_paths(pretrained: str) -> tuple[Path, Path]:
+    p = Path(pretrained)
+    if p.suffix == ".safetensors":
+        return p, p.with_suffix(".json")
+    return DATA_DIR / "pretrained" / f"{pretrained}.safetensors", DATA_DIR / "pretrained" / f"{pretrained}.json"
+
+
+def load_pretrained(pretrained: str) -> tuple[dict, dict]:
+    """Load a shipped base and its recipe, refusing it if the sha256 does not match."""
+    wpath, jpath = _pretrained_paths(pretrained)
+    if not wpath.is_file() or not jpath.is_file():
+        raise ZooCacheError(
+            f"pretrained base {pretrained!r} not found ({wpath}, {jpath}); "
+            "reproduce it with `swudi-lab zoo build --pretrain`"
+        )
+    info = json.loads(jpath.read_text())
+    got = sha256_file(wpath)
+    if got != info.get("sha256"):
+        raise ZooCacheError(
+            f"pretrained base {wpath} has sha256 {got[:12]}... but its recipe {jpath.name} says "
+            f"{str(info.get('sha256'))[:12]}...: refusing to build experts on an unknown base "
+            "(restore the file or rerun `swudi-lab zoo build --pretrain`)"
+        )
+    return load_file(str(wpath)), info
+
+
+def build_pretrained(name: str = DEFAULT_PRETRAINED, recipe: PretrainRecipe = PretrainRecipe(), config: BackboneConfig = BackboneConfig(),
+                     out_dir=None, device="cpu", progress: bool = True, log_file=None) -> dict:
+    """Run :func:`~swudi_lab.zoo.train.pretrain` and write ``<out_dir>/<name>.safetensors`` + ``.json``.
+
+    The json holds the exact recipe, the backbone config, sha256, validation accuracy and seconds.
+    """
+    out = Path(out_dir) if out_dir is not None else DATA_DIR / "pretrained"
+    state, info = pretrain(recipe, config, device=device, log_file=log_file, progress=progress)
+    wpath = out / f"{name}.safetensors"
+    _atomic_save(state, wpath)
+    info = {"name": name, "sha256": sha256_file(wpath), "bytes": wpath.stat().st_size, **info}
+    _atomic_json(info, out / f"{name}.json")
+    return info
+
+
+# ----------------------------------------------------------------------------- build
+
+
+def _round_tau(base: dict, expert: dict, dtype: str) -> tuple[dict, dict]:
+    """``(W0 + float32(tau_q), tau_q)`` with ``tau_q = dtype(W - W0)``: the stored expert and its task vector."""
+    dt = getattr(torch, dtype or "float32")
+    tau = {k: (expert[k] - base[k]).to(dt).contiguous() for k in base}
+    return {k: (base[k] + tau[k].float()).contiguous() for k in base}, tau
+
+
+def _evaluate(backbone_state, make, heads, data, tasks, device="cpu") -> dict:
+    from swudi_lab.evaluate import evaluate_backbone
+
+    m = make()
+    m.load_state_dict(backbone_state)
+    return evaluate_backbone(m, heads, {t: data[t] for t in tasks}, tasks=tasks, device=device)
+
+
+def build_zoo(root="data/zoo", seed: int = 0, config: ZooConfig | None = None, progress: bool = True,
+              force: bool = False, device="cpu") -> Zoo:
+    """Build (or reuse) the zoo of ``seed``: base, 8 experts, fixed heads, manifest.
+
+    Reuses ``<root>/seed<k>`` when it verifies and matches ``config``; a corrupted, partial or
+    stale cache is reported (warning) and rebuilt. Seed 0 of the default config is materialized
+    from the shipped release pack when there is one (no training). The build writes into a
+    temporary directory and renames it into place, so an interrupted build leaves no partial
+    cache behind.
+
+    Steps: load the shipped base (hash-checked; random init when ``config.pretrained`` is None),
+    fit the prototype heads on the base, fine-tune one expert per task (whole backbone, frozen
+    head, expert seed ``seed``), evaluate base-with-heads and experts on the test splits, and
+    record the task-vector ratios ``||tau||_F / ||W0||_F`` and the targets.
+    """
+    config = config or ZooConfig()
+    d = _seed_dir(root, seed)
+    if not force:
+        try:
+            return load_zoo(root, seed, verify=True, config=config)
+        except ZooCacheError as e:
+            if (d / "manifest.json").exists() or d.exists():
+                warnings.warn(f"{e}; rebuilding", stacklevel=2)
+    threads_before = torch.get_num_threads()
+    if config.threads:
+        torch.set_num_threads(int(config.threads))
+    try:
+        return _build(root, seed, config, progress, device, d)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _build(root, seed, config, progress, device, d) -> Zoo:
+    t_start = time.time()
+    say = (lambda msg: print(f"[zoo seed{seed} {time.time() - t_start:6.1f}s] {msg}", flush=True)) if progress else (lambda msg: None)
+    make = lambda: make_backbone(config.backbone)  # noqa: E731
+
+    if config.pretrained is None:
+        base = {k: v.detach().float().cpu().clone().contiguous() for k, v in make_backbone(config.backbone, seed=1234).state_dict().items()}
+        hub = getattr(config.backbone, "name", None)
+        pre_info = {"name": hub, "sha256": None, "note": f"hub weights of {hub}" if hub else "random init (seed 1234)"}
+    else:
+        base, pre_info = load_pretrained(config.pretrained)
+        want = set(make().state_dict())
+        if set(base) != want:
+            raise ZooCacheError(f"pretrained base {config.pretrained!r} does not fit the backbone config {config.backbone}")
+    base_model = make()
+    base_model.load_state_dict(base)
+
+    train = {t: task_split(config, t, "train") for t in config.tasks}
+    test = {t: task_split(config, t, "test") for t in config.tasks}
+    classes = {t: n_classes(config, t) for t in config.tasks}
+    say(f"data ready ({len(config.tasks)} tasks x {config.n_train} train / {config.n_test} test)")
+
+    rec = config.finetune
+    heads = {}
+    for t in config.tasks:
+        x, y = train[t]
+        heads[t] = prototype_heads(base_model.to(device), x[: rec.prototype_images], y[: rec.prototype_images], classes[t],
+                                   rec.head_scale, device=device, center=rec.head == "centered")
+    base_model.cpu()
+    base_acc = _evaluate(base, make, heads, test, config.tasks, device)
+    say("base with heads: " + ", ".join(f"{t} {a:.1f}" for t, a in base_acc.items()))
+
+    Path(root).mkdir(parents=True, exist_ok=True)  # temp dir beside the target: os.replace stays on one filesystem
+    tmp = Path(tempfile.mkdtemp(prefix=f".seed{seed}-", dir=Path(root)))
+    try:
+        (tmp / "experts").mkdir(parents=True)
+        (tmp / "task_vectors").mkdir(parents=True)
+        _atomic_save(base, tmp / "base.safetensors")
+        _atomic_save({f"{t}.{n}": v for t in config.tasks for n, v in zip(("weight", "bias"), heads[t])}, tmp / "heads.safetensors")
+        expert_acc, ratio, ratio_all, seconds = {}, {}, {}, {}
+        for i, t in enumerate(config.tasks):
+            t0 = time.time()
+            x, y = train[t]
+            expert_seed = 1000 * int(seed) + i
+            ex = finetune(base, make, heads[t], x, y, rec, seed=expert_seed, device=device)
+            ex, tau = _round_tau(base, ex, config.tau_dtype)
+            _atomic_save(ex, tmp / "experts" / f"{t}.safetensors")
+            _atomic_save(tau, tmp / "task_vectors" / f"{t}.safetensors")
+            expert_acc[t] = _evaluate(ex, make, heads, test, [t], device)[t]
+            ratio[t] = task_vector_ratio(base, ex, matrices_only=True)
+            ratio_all[t] = task_vector_ratio(base, ex, matrices_only=False)
+            seconds[t] = time.time() - t0
+            say(f"expert {t}: {expert_acc[t]:.1f}% (base {base_acc[t]:.1f}%), tau/W {100 * ratio[t]:.2f}%, {seconds[t]:.0f}s")
+        avg = lambda dct: float(np.mean(list(dct.values())))  # noqa: E731
+        gain = {t: expert_acc[t] - base_acc[t] for t in config.tasks}
+        targets = {
+            "min_avg_gain": TARGET_MIN_GAIN,
+            "ratio_range": list(TARGET_RATIO),
+            "avg_gain": avg(gain),
+            "mean_ratio": avg(ratio),
+            "gain_met": avg(gain) >= TARGET_MIN_GAIN,
+            "ratio_met": TARGET_RATIO[0] <= avg(ratio) <= TARGET_RATIO[1],
+        }
+        files = {"base.safetensors": sha256_file(tmp / "base.safetensors"), "heads.safetensors": sha256_file(tmp / "heads.safetensors")}
+        files.update({f"experts/{t}.safetensors": sha256_file(tmp / "experts" / f"{t}.safetensors") for t in config.tasks})
+        files.update({f"task_vectors/{t}.safetensors": sha256_file(tmp / "task_vectors" / f"{t}.safetensors") for t in config.tasks})
+        import timm
+
+        manifest = {
+            "format": FORMAT,
+            "seed": int(seed),
+            "expert_seeds": {t: 1000 * int(seed) + i for i, t in enumerate(config.tasks)},
+            "config": config.to_dict(),
+            "config_key": config.key(),
+            "tasks": list(config.tasks),
+            "n_classes": classes,
+            "pretrained": {k: pre_info.get(k) for k in ("name", "sha256", "val_accuracy", "seconds", "note") if k in pre_info},
+            "accuracy": {
+                "base": base_acc,
+                "expert": expert_acc,
+                "gain": gain,
+                "avg_base": avg(base_acc),
+                "avg_expert": avg(expert_acc),
+                "avg_gain": avg(gain),
+            },
+            "task_vector_ratio": ratio,
+            "task_vector_ratio_all_params": ratio_all,
+            "task_vector_ratio_mean": avg(ratio),
+            "targets": targets,
+            "seconds": {"experts": seconds, "total": time.time() - t_start},
+            "versions": {"torch": torch.__version__, "timm": timm.__version__},
+            "files": files,
+        }
+        _atomic_json(manifest, tmp / "manifest.json")
+        if d.exists():
+            shutil.rmtree(d)
+        d.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, d)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    say(f"done: base {avg(base_acc):.1f}% -> experts {avg(expert_acc):.1f}% (gain {avg(gain):+.1f}), tau/W {100 * avg(ratio):.2f}%")
+    if config.check_targets and not (targets["gain_met"] and targets["ratio_met"]):
+        warnings.warn(
+            f"zoo seed {seed} misses its targets: average gain {avg(gain):+.1f} (want >= {TARGET_MIN_GAIN}), "
+            f"task-vector ratio {100 * avg(ratio):.2f}% (want {100 * TARGET_RATIO[0]:.0f}-{100 * TARGET_RATIO[1]:.0f}%)",
+            stacklevel=2,
+        )
+    return load_zoo(root, seed, verify=True, config=config)
+
+
+# ----------------------------------------------------------------------------- release pack
+
+
+def write_release(zoo: Zoo, out_root=None) -> Path:
+    """Write the compact release pack of a zoo: float16 task vectors + heads + manifest.
+
+    ``<out_root>/seed<k>/{task_vectors/<task>.safetensors, heads.safetensors, manifest.json}``; the
+    base is the shipped ``data/pretrained`` file (referenced by hash, not copied). The manifest is
+    the zoo's manifest plus ``release_files`` (hashes of the pack's own files).
+    """
+    out = _seed_dir(out_root if out_root is not None else DATA_DIR / "zoo_release", zoo.seed)
+    if zoo.config.pretrained is None:
+        raise ValueError("a release pack needs a shipped pretrained base (config.pretrained)")
+    (out / "task_vectors").mkdir(parents=True, exist_ok=True)
+    release_files = {}
+    for t in zoo.tasks:
+        p = out / "task_vectors" / f"{t}.safetensors"
+        shutil.copyfile(zoo.dir / "task_vectors" / f"{t}.safetensors", p)
+        release_files[f"task_vectors/{t}.safetensors"] = sha256_file(p)
+    shutil.copyfile(zoo.heads_path, out / "heads.safetensors")
+    release_files["heads.safetensors"] = sha256_file(out / "heads.safetensors")
+    manifest = dict(zoo.manifest)
+    manifest["release_files"] = release_files
+    _atomic_json(manifest, out / "manifest.json")
+    return out
+
+
+def materialize_release(release_dir, target_dir) -> Path:
+    """Rebuild the float32 zoo cache from a release pack (``W_i = W_0 + float32(tau_i)``), verified."""
+    release_dir, target_dir = Path(release_dir), Path(target_dir)
+    try:
+        manifest = json.loads((release_dir / "manifest.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ZooCacheError(f"release pack {release_dir}: unreadable manifest ({e})") from e
+    for rel, digest in manifest.get("release_files", {}).items():
+        p = release_dir / rel
+        if not p.is_file() or sha256_file(p) != digest:
+            raise ZooCacheError(f"release pack {release_dir}: file {rel} is missing or corrupted")
+    config = ZooConfig.from_dict(manifest["config"])
+    base, pre_info = load_pretrained(config.pretrained)
+    if pre_info["sha256"] != manifest["pretrained"]["sha256"]:
+        raise ZooCacheError(f"release pack {release_dir} was built on another base than {config.pretrained!r}")
+    target_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".materialize-", dir=target_dir.parent))
+    try:
+        (tmp / "experts").mkdir(parents=True)
+        (tmp / "task_vectors").mkdir(parents=True)
+        _atomic_save(base, tmp / "base.safetensors")
+        shutil.copyfile(release_dir / "heads.safetensors", tmp / "heads.safetensors")
+        for t in manifest["tasks"]:
+            shutil.copyfile(release_dir / "task_vectors" / f"{t}.safetensors", tmp / "task_vectors" / f"{t}.safetensors")
+            tau = load_file(str(release_dir / "task_vectors" / f"{t}.safetensors"))
+            _atomic_save({k: (base[k] + tau[k].float()).contiguous() for k in base}, tmp / "experts" / f"{t}.safetensors")
+        m = {k: v for k, v in manifest.items() if k != "release_files"}
+        _atomic_json(m, tmp / "manifest.json")
+        _verify_dir(tmp)  # the float32 files must hash exactly as when they were built
+        target_dir.parent.mkdir(parents=True, exist_ok=True)
+        if target_dir.exists():
+            shutil.rmtree(target_dir)
+        os.replace(tmp, target_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target_dir

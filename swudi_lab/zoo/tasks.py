@@ -1,0 +1,538 @@
+"""Eight offline image tasks (32x32 RGB) and a disjoint pretraining mixture.
+
+Everything is generated procedurally or taken from data that ships with installed packages
+(scikit-learn's handwritten digits, Pillow's default FreeType font, scikit-image's sample
+images); nothing is downloaded. Every generator is a pure function of ``(n, rng, split)``:
+labels are balanced (``y = arange(n) % K``, shuffled) and the same seed gives the same bytes.
+
+The eight evaluation tasks differ from each other the way SUN397, MNIST, EuroSAT and DTD do
+(strokes, shapes, frequency/orientation, counting, texture, position, colour):
+
+==============  ======  =========================================================================
+task            classes what decides the label
+==============  ======  =========================================================================
+``digits``        10    handwritten digit (sklearn ``load_digits``; train/test use disjoint writers' samples)
+``letters``       10    letter A-J rendered with Pillow's default font, random size/position/colours
+``shapes``        10    geometric shape (triangle ... star, ring, cross), random size/position/rotation jitter
+``orientation``   10    orientation of a sinusoidal grating (18 degree bins), random frequency/phase/colours
+``counting``      10    number of dots (1-10), random positions/radius/colours
+``texture``       10    which scikit-image photo a random crop comes from (train: left 70 %, test: right 30 %)
+``position``       9    cell (3x3 grid) that holds a small blob, among noise
+``colour``        10    hue bin of an object on a coloured-noise background
+==============  ======  =========================================================================
+
+The pretraining mixture (:data:`PRETRAIN_GROUPS`, 48 classes) uses *other* generators or other
+classes: letters K-Z, symbols, eight other scikit-image photos, band-pass noise scale and
+blob-texture scale. It shares no class with the eight tasks.
+
+Images are uint8 arrays ``(N, 32, 32, 3)``; :func:`to_tensor` converts them to the float
+``(N, 3, 32, 32)`` the backbone takes (``(x / 255 - 0.5) / 0.25``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+SIZE = 32
+MEAN, STD = 0.5, 0.25
+
+__all__ = [
+    "TASKS",
+    "TASK_CLASSES",
+    "PRETRAIN_GROUPS",
+    "TaskData",
+    "make_task",
+    "make_split",
+    "make_tasks",
+    "make_pretrain_data",
+    "to_tensor",
+    "balanced_labels",
+    "task_seed",
+]
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def task_seed(name: str, split: str, seed: int = 0) -> int:
+    """Stable 63-bit seed for ``(task, split, seed)`` (independent of Python's hash randomization)."""
+    h = hashlib.sha256(f"{name}|{split}|{seed}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def balanced_labels(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` labels in ``0..k-1``, as balanced as possible, in random order."""
+    y = np.arange(n) % k
+    rng.shuffle(y)
+    return y.astype(np.int64)
+
+
+def to_tensor(x) -> torch.Tensor:
+    """uint8 ``(N, H, W, 3)`` -> float32 ``(N, 3, H, W)`` normalized as ``(x/255 - 0.5)/0.25``."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.array(x, copy=not x.flags.writeable or not x.flags.c_contiguous))
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255.0)
+    else:
+        x = x.float()
+    if x.ndim == 4 and x.shape[-1] == 3 and x.shape[1] != 3:
+        x = x.permute(0, 3, 1, 2)
+    return ((x - MEAN) / STD).contiguous()
+
+
+def _rand_colour(rng, n=None):
+    return rng.integers(0, 256, size=(3,) if n is None else (n, 3))
+
+
+def _contrasting(rng, bg, min_dist=120):
+    """A random colour at least ``min_dist`` (L2, 0..255 scale) from ``bg``."""
+    for _ in range(50):
+        c = _rand_colour(rng)
+        if np.linalg.norm(c - bg) >= min_dist:
+            return c
+    return 255 - bg
+
+
+def _background(rng, size=SIZE):
+    """Uniform colour plus mild noise, float (size, size, 3) in 0..255 and its base colour."""
+    bg = _rand_colour(rng).astype(np.float32)
+    img = np.broadcast_to(bg, (size, size, 3)).astype(np.float32).copy()
+    return img, bg
+
+
+def _finish(img, rng, noise=8.0):
+    img = img + rng.normal(0, noise, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _composite(img, mask, colour):
+    m = mask[..., None].astype(np.float32)
+    return img * (1 - m) + m * np.asarray(colour, np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _font(size: int):
+    return ImageFont.load_default(size=size)
+
+
+def _render_text(ch, rng, size=SIZE, sizes=(13, 24)):
+    """Alpha mask (size, size) float in 0..1 of character ``ch`` at a random size/position."""
+    fs = int(rng.integers(sizes[0], sizes[1] + 1))
+    font = _font(fs)
+    x0, y0, x1, y1 = font.getbbox(ch)
+    w, h = x1 - x0, y1 - y0
+    canvas = Image.new("L", (size, size), 0)
+    d = ImageDraw.Draw(canvas)
+    px = int(rng.integers(0, max(1, size - w + 1))) - x0
+    py = int(rng.integers(0, max(1, size - h + 1))) - y0
+    d.text((px, py), ch, fill=255, font=font)
+    return np.asarray(canvas, np.float32) / 255.0
+
+
+def _glyph_task(chars, sizes=(13, 24)):
+    def gen(n, rng, split):
+        y = balanced_labels(n, len(chars), rng)
+        x = np.empty((n, SIZE, SIZE, 3), np.uint8)
+        for i, label in enumerate(y):
+            img, bg = _background(rng)
+            fg = _contrasting(rng, bg)
+            x[i] = _finish(_composite(img, _render_text(chars[label], rng, sizes=sizes), fg), rng)
+        return x, y
+
+    return gen
+
+
+# ----------------------------------------------------------------------------- the eight tasks
+
+
+@functools.lru_cache(maxsize=1)
+def _digits_source():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images, target = d.images.astype(np.float32) / 16.0, d.target.astype(np.int64)
+    perm = np.random.default_rng(12345).permutation(len(target))
+    n_train = int(0.7 * len(target))
+    return (images[perm[:n_train]], target[perm[:n_train]]), (images[perm[n_train:]], target[perm[n_train:]])
+
+
+def gen_digits(n, rng, split):
+    (tr_x, tr_y), (te_x, te_y) = _digits_source()
+    src_x, src_y = (tr_x, tr_y) if split == "train" else (te_x, te_y)
+    y = balanced_labels(n, 10, rng)
+    by_class = [np.flatnonzero(src_y == k) for k in range(10)]
+    x = np.empty((n, SIZE, SIZE, 3), np.uint8)
+    for i, label in enumerate(y):
+        idx = by_class[label][rng.integers(len(by_class[label]))]
+        s = int(rng.integers(22, 31))
+        glyph = Image.fromarray((src_x[idx] * 255).astype(np.uint8)).resize((s, s), Image.BILINEAR)
+        mask = np.zeros((SIZE, SIZE), np.float32)
+        px, py = rng.integers(0, SIZE - s + 1, size=2)
+        mask[py : py + s, px : px + s] = np.asarray(glyph, np.float32) / 255.0
+        img, bg = _background(rng)
+        x[i] = _finish(_composite(img, mask, _contrasting(rng, bg, 150)), rng)
+    return x, y
+
+
+gen_letters = _glyph_task("ABCDEFGHIJ", sizes=(20, 28))
+
+
+def _polygon(k, r, rot, star=False):
+    pts = []
+    m = 2 * k if star else k
+    for j in range(m):
+        a = rot + 2 * math.pi * j / m
+        rr = r if (not star or j % 2 == 0) else r * 0.45
+        pts.append((rr * math.cos(a), rr * math.sin(a)))
+    return pts
+
+
+def _draw_shape(kind, size, rng, scale=4):
+    """Alpha mask (size, size) of a shape class ``kind`` (0..9), supersampled ``scale`` times."""
+    S = size * scale
+    canvas = Image.new("L", (S, S), 0)
+    d = ImageDraw.Draw(canvas)
+    r = rng.uniform(5.5, 12.0) * scale
+    cx, cy = rng.uniform(r + scale, S - r - scale, size=2)
+    rot = rng.uniform(-0.25, 0.25) - math.pi / 2
+
+    def poly(pts):
+        d.polygon([(cx + px, cy + py) for px, py in pts], fill=255)
+
+    if kind == 0:  # triangle
+        poly(_polygon(3, r, rot))
+    elif kind == 1:  # square
+        poly(_polygon(4, r, rot + math.pi / 4))
+    elif kind == 2:  # pentagon
+        poly(_polygon(5, r, rot))
+    elif kind == 3:  # hexagon
+        poly(_polygon(6, r, rot))
+    elif kind == 4:  # circle
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+    elif kind == 5:  # star
+        poly(_polygon(5, r, rot, star=True))
+    elif kind == 6:  # ring
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
+        d.ellipse([cx - 0.55 * r, cy - 0.55 * r, cx + 0.55 * r, cy + 0.55 * r], fill=0)
+    elif kind == 7:  # plus / cross
+        w = 0.33 * r
+        d.rectangle([cx - r, cy - w, cx + r, cy + w], fill=255)
+        d.rectangle([cx - w, cy - r, cx + w, cy + r], fill=255)
+    elif kind == 8:  # half disc
+        d.pieslice([cx - r, cy - r, cx + r, cy + r], 180 + math.degrees(rot + math.pi / 2), 360 + math.degrees(rot + math.pi / 2), fill=255)
+    else:  # diamond (rhombus, elongated)
+        poly([(0, -r), (0.55 * r, 0), (0, r), (-0.55 * r, 0)])
+    return np.asarray(canvas.resize((size, size), Image.BILINEAR), np.float32) / 255.0
+
+
+def gen_shapes(n, rng, split):
+    y = balanced_labels(n, 10, rng)
+    x = np.empty((n, SIZE, SIZE, 3), np.uint8)
+    for i, label in enumerate(y):
+        img, bg = _background(rng)
+        x[i] = _finish(_composite(img, _draw_shape(int(label), SIZE, rng), _contrasting(rng, bg)), rng)
+    return x, y
+
+
+_YY, _XX = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+
+
+def gen_orientation(n, rng, split):
+    y = balanced_labels(n, 10, rng)
+    theta = (y + rng.uniform(-0.35, 0.35, n)) * math.pi / 10  # 18 degree bins, jitter +-6.3 deg
+    freq = rng.uniform(2.0, 5.0, n) / SIZE
+    phase = rng.uniform(0, 2 * math.pi, n)
+    c1, c2 = _rand_colour(rng, n).astype(np.float32), _rand_colour(rng, n).astype(np.float32)
+    proj = _XX[None] * np.cos(theta)[:, None, None] + _YY[None] * np.sin(theta)[:, None, None]
+    wave = 0.5 + 0.5 * np.sin(2 * math.pi * freq[:, None, None] * proj + phase[:, None, None])
+    img = c1[:, None, None, :] * wave[..., None] + c2[:, None, None, :] * (1 - wave[..., None])
+    return np.clip(img + rng.normal(0, 20, img.shape), 0, 255).astype(np.uint8), y
+
+
+def gen_counting(n, rng, split):
+    y = balanced_labels(n, 10, rng)
+    x = np.empty((n, SIZE, SIZE, 3), np.uint8)
+    for i, label in enumerate(y):
+        img, bg = _background(rng)
+        k = int(label) + 1
+        r = rng.uniform(1.4, 2.4)
+        centres = []
+        while len(centres) < k:
+            c = rng.uniform(r + 1, SIZE - r - 1, size=2)
+            if all(np.hypot(*(c - p)) > 2 * r + 1.5 for p in centres):
+                centres.append(c)
+        mask = np.zeros((SIZE, SIZE), np.float32)
+        for cx, cy in centres:
+            mask = np.maximum(mask, np.clip(r + 0.5 - np.hypot(_XX - cx, _YY - cy), 0, 1))
+        x[i] = _finish(_composite(img, mask, _contrasting(rng, bg)), rng)
+    return x, y
+
+
+TEXTURE_IMAGES = (
+    "brick", "grass", "gravel", "moon", "coffee", "astronaut", "retina",
+    "hubble_deep_field", "immunohistochemistry", "rocket",
+)
+PRETRAIN_IMAGES = ("camera", "chelsea", "clock", "coins", "colorwheel", "page", "cell", "text")
+
+
+@functools.lru_cache(maxsize=32)
+def _photo(name):
+    import skimage.data
+
+    a = getattr(skimage.data, name)()
+    if a.dtype != np.uint8:
+        a = (255 * (a.astype(np.float32) - a.min()) / max(1e-8, float(a.max() - a.min()))).astype(np.uint8)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    return np.ascontiguousarray(a[..., :3])
+
+
+def _photo_crops(names, test_frac=0.3):
+    def gen(n, rng, split):
+        y = balanced_labels(n, len(names), rng)
+        x = np.empty((n, SIZE, SIZE, 3), np.uint8)
+        for i, label in enumerate(y):
+            a = _photo(names[label])
+            h, w = a.shape[:2]
+            cut = int(round(w * (1 - test_frac)))
+            lo, hi = (0, cut) if split == "train" else (cut, w)
+            side = min(h, w)
+            s = int(rng.integers(max(24, side // 12), min(max(25, side // 4), hi - lo, h) + 1))
+            px = int(rng.integers(lo, hi - s + 1))
+            py = int(rng.integers(0, h - s + 1))
+            crop = Image.fromarray(a[py : py + s, px : px + s]).resize((SIZE, SIZE), Image.BILINEAR)
+            c = np.asarray(crop, np.float32)
+            if rng.random() < 0.5:
+                c = c[:, ::-1]
+            c = c * rng.uniform(0.8, 1.2) + rng.uniform(-20, 20)
+            x[i] = _finish(c, rng, noise=4.0)
+        return x, y
+
+    return gen
+
+
+gen_texture = _photo_crops(TEXTURE_IMAGES)
+
+
+def gen_position(n, rng, split):
+    y = balanced_labels(n, 9, rng)
+    x = np.empty((n, SIZE, SIZE, 3), np.uint8)
+    cell = SIZE / 3
+    for i, label in enumerate(y):
+        img = rng.uniform(0, 255, size=(1, 1, 3)) + rng.normal(0, 30, (SIZE, SIZE, 3))
+        bg = img.mean(axis=(0, 1))
+        gy, gx = divmod(int(label), 3)
+        r = rng.uniform(2.0, 3.5)
+        cx = gx * cell + rng.uniform(r, cell - r)
+        cy = gy * cell + rng.uniform(r, cell - r)
+        if rng.random() < 0.5:
+            mask = np.clip(r + 0.5 - np.hypot(_XX - cx, _YY - cy), 0, 1)
+        else:
+            mask = ((np.abs(_XX - cx) <= r) & (np.abs(_YY - cy) <= r)).astype(np.float32)
+        x[i] = _finish(_composite(img, mask, _contrasting(rng, bg, 150)), rng, noise=4.0)
+    return x, y
+
+
+def _hsv_to_rgb(h, s, v):
+    import colorsys
+
+    return np.array(colorsys.hsv_to_rgb(h, s, v)) * 255.0
+
+
+def gen_colour(n, rng, split):
+    y = balanced_labels(n, 10, rng)
+    x = np.empty((n, SIZE, SIZE, 3), np.uint8)
+    for i, label in enumerate(y):
+        noise = rng.uniform(0, 255, size=(8, 8, 3)).astype(np.uint8)
+        img = np.asarray(Image.fromarray(noise).resize((SIZE, SIZE), Image.BILINEAR), np.float32)
+        img = 0.5 * img + 0.5 * img.mean(axis=2, keepdims=True)  # desaturated coloured noise
+        hue = (label + rng.uniform(-0.3, 0.3)) / 10.0
+        fg = _hsv_to_rgb(hue % 1.0, rng.uniform(0.6, 1.0), rng.uniform(0.6, 1.0))
+        mask = _draw_shape(int(rng.integers(10)), SIZE, rng)
+        x[i] = _finish(_composite(img, mask, fg), rng)
+    return x, y
+
+
+TASK_GENERATORS: dict[str, tuple[int, Callable]] = {
+    "digits": (10, gen_digits),
+    "letters": (10, gen_letters),
+    "shapes": (10, gen_shapes),
+    "orientation": (10, gen_orientation),
+    "counting": (10, gen_counting),
+    "texture": (10, gen_texture),
+    "position": (9, gen_position),
+    "colour": (10, gen_colour),
+}
+TASKS: tuple[str, ...] = tuple(TASK_GENERATORS)
+TASK_CLASSES: dict[str, int] = {k: v[0] for k, v in TASK_GENERATORS.items()}
+
+
+# ----------------------------------------------------------------------------- task data
+
+
+@dataclass
+class TaskData:
+    """Fixed train/test split of one task (uint8 images ``(N, 32, 32, 3)``, int64 labels)."""
+
+    name: str
+    n_classes: int
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256()
+        for a in (self.train_x, self.train_y, self.test_x, self.test_y):
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()
+
+
+GENERATOR_VERSION = 2  # bump when a generator changes its output (invalidates disk caches)
+CACHE_DIR = None  # default: <repo>/data/cache/tasks when writable; set to False to disable
+
+
+def _cache_dir():
+    import os
+    from pathlib import Path
+
+    if CACHE_DIR is False:
+        return None
+    d = Path(CACHE_DIR) if CACHE_DIR else Path(__file__).resolve().parents[2] / "data" / "cache" / "tasks"
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        return d if os.access(d, os.W_OK) else None
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=64)
+def make_split(name: str, split: str, n: int, data_seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` images of task ``name``'s ``split`` ("train" or "test"), read-only arrays.
+
+    Seeded by ``(name, split, data_seed)`` only (the expert seed never changes a split). Cached
+    in memory and on disk (``data/cache/tasks``, git-ignored; a file that fails to load or whose
+    checksum is wrong is regenerated).
+    """
+    if name not in TASK_GENERATORS:
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    k, gen = TASK_GENERATORS[name]
+    d = _cache_dir()
+    path = d / f"{name}_{split}_{n}_{data_seed}_v{GENERATOR_VERSION}.npz" if d else None
+    x = y = None
+    if path is not None and path.exists():
+        try:
+            with np.load(path) as z:
+                x, y, digest = z["x"], z["y"], str(z["sha256"])
+            if hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest() != digest or len(y) != n:
+                x = y = None
+        except Exception:  # corrupted cache file: regenerate
+            x = y = None
+    if x is None:
+        x, y = gen(n, np.random.default_rng(task_seed(name, split, data_seed)), split)
+        if path is not None:
+            import os
+
+            tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
+            try:
+                np.savez(tmp, x=x, y=y, sha256=hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest())
+                os.replace(tmp, path)
+            except OSError:
+                pass
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
+
+
+def make_task(name: str, n_train: int = 4000, n_test: int = 1000, data_seed: int = 0) -> TaskData:
+    """Task ``name`` with its fixed train/test split (see :func:`make_split`)."""
+    if name not in TASK_GENERATORS:
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+    tr = make_split(name, "train", n_train, data_seed)
+    te = make_split(name, "test", n_test, data_seed)
+    return TaskData(name, TASK_GENERATORS[name][0], tr[0], tr[1], te[0], te[1])
+
+
+def make_tasks(names=TASKS, n_train: int = 4000, n_test: int = 1000, data_seed: int = 0) -> dict[str, TaskData]:
+    return {n: make_task(n, n_train, n_test, data_seed) for n in names}
+
+
+# ----------------------------------------------------------------------------- pretraining mixture
+
+
+def _noise_scale(n_bands=8):
+    """Band-pass noise; the label is the spatial-frequency band (log-spaced)."""
+
+    def gen(n, rng, split):
+        y = balanced_labels(n, n_bands, rng)
+        f = np.sqrt(np.fft.fftfreq(SIZE)[:, None] ** 2 + np.fft.fftfreq(SIZE)[None, :] ** 2)
+        edges = np.geomspace(0.03, 0.5, n_bands + 1)
+        x = np.empty((n, SIZE, SIZE, 3), np.uint8)
+        for i, label in enumerate(y):
+            band = ((f >= edges[label]) & (f < edges[label + 1])).astype(np.float32)
+            spec = np.fft.fft2(rng.normal(size=(SIZE, SIZE))) * band
+            g = np.real(np.fft.ifft2(spec))
+            g = (g - g.mean()) / (g.std() + 1e-8)
+            c1, c2 = _rand_colour(rng).astype(np.float32), _rand_colour(rng).astype(np.float32)
+            t = np.clip(0.5 + 0.25 * g, 0, 1)[..., None]
+            x[i] = _finish(c1 * t + c2 * (1 - t), rng, noise=3.0)
+        return x, y
+
+    return gen
+
+
+def _blob_scale(n_scales=8):
+    """Two-colour thresholded smooth noise; the label is the blob scale."""
+
+    def gen(n, rng, split):
+        y = balanced_labels(n, n_scales, rng)
+        grids = np.round(np.geomspace(2, 24, n_scales)).astype(int)
+        x = np.empty((n, SIZE, SIZE, 3), np.uint8)
+        for i, label in enumerate(y):
+            g = int(grids[label])
+            z = rng.uniform(0, 255, size=(g, g)).astype(np.uint8)
+            z = np.asarray(Image.fromarray(z).resize((SIZE, SIZE), Image.BICUBIC), np.float32)
+            mask = (z > np.median(z)).astype(np.float32)
+            c1, c2 = _rand_colour(rng).astype(np.float32), _rand_colour(rng).astype(np.float32)
+            x[i] = _finish(c1 * mask[..., None] + c2 * (1 - mask[..., None]), rng)
+        return x, y
+
+    return gen
+
+
+# (name, classes, generator); class ids of the mixture are the concatenation in this order.
+PRETRAIN_GROUPS: tuple[tuple[str, int, Callable], ...] = (
+    ("letters_k_z", 16, _glyph_task("KLMNOPQRSTUVWXYZ")),
+    ("symbols", 8, _glyph_task("@&%?$=<!")),
+    ("photos", 8, _photo_crops(PRETRAIN_IMAGES, test_frac=0.2)),
+    ("noise_scale", 8, _noise_scale(8)),
+    ("blob_scale", 8, _blob_scale(8)),
+)
+PRETRAIN_CLASSES = sum(k for _, k, _ in PRETRAIN_GROUPS)
+
+
+def make_pretrain_data(n_per_class: int, split: str = "train", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The pretraining mixture: ``n_per_class`` images of each of the 48 classes, shuffled.
+
+    ``split="val"`` draws from the held-out regions (photos) and other seeds.
+    """
+    xs, ys, offset = [], [], 0
+    for name, k, gen in PRETRAIN_GROUPS:
+        rng = np.random.default_rng(task_seed("pretrain/" + name, split, seed))
+        x, y = gen(n_per_class * k, rng, "train" if split == "train" else "test")
+        xs.append(x)
+        ys.append(y + offset)
+        offset += k
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    perm = np.random.default_rng(task_seed("pretrain/mix", split, seed)).permutation(len(y))
+    return x[perm], y[perm]

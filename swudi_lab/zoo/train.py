@@ -1,0 +1,323 @@
+"""Training recipes of the zoo: pretraining, CLIP-like prototype heads, expert fine-tuning.
+
+* :func:`pretrain` -- supervised classification of the 48-class pretraining mixture
+  (:func:`swudi_lab.zoo.tasks.make_pretrain_data`, disjoint from the eight tasks) with its own
+  linear head, discarded afterwards. Fixed recipe (:class:`PretrainRecipe`: seeds, steps), not
+  wall-time based.
+* :func:`prototype_heads` -- CLIP's heads are fixed class embeddings (from text). We emulate
+  them with a fixed *prototype head* per task: ``p_k = normalize(mean_{x in class k}
+  normalize(f_base(x)))`` and ``logits = s * cos(f(x), p_k)``. Stored as a plain linear head
+  ``W = s * P`` (K x D), ``b = 0``: ``argmax_k W f`` equals ``argmax_k cos(f, p_k)`` because
+  ``||f||`` is a positive per-sample constant, so evaluation uses an ordinary linear head.
+* :func:`finetune` -- fine-tunes the *whole backbone* from the base with the head frozen
+  (AdamW, small learning rate, a few hundred steps, warm-up + cosine), so each task lives in the
+  backbone's task vector ``tau = W_expert - W_base``.
+
+Functions take any backbone module and any ``(x uint8 (N,H,W,3), y)`` arrays, so the online
+recipe (hub ViT, torchvision datasets) goes through the same code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .tasks import to_tensor
+
+__all__ = [
+    "PretrainRecipe",
+    "FinetuneRecipe",
+    "pretrain",
+    "prototype_heads",
+    "finetune",
+    "features",
+    "task_vector_ratio",
+    "set_threads",
+]
+
+
+def set_threads(n: int | None) -> None:
+    if n:
+        torch.set_num_threads(int(n))
+
+
+@dataclass(frozen=True)
+class PretrainRecipe:
+    n_per_class: int = 400  # training images per class (48 classes)
+    n_val_per_class: int = 100
+    steps: int = 1200
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup: int = 80
+    label_smoothing: float = 0.1
+    shift: int = 2  # random translation (pixels) as augmentation
+    seed: int = 0
+    data_seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FinetuneRecipe:
+    steps: int = 250
+    batch_size: int = 32
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    warmup: int = 25
+    head_scale: float = 30.0  # s in logits = s * cos(f, p_k)
+    shift: int = 1
+    prototype_images: int = 500  # training images per task used to fit the prototypes
+    optimizer: str = "adamw"  # "adamw" or "sgd" (momentum 0.9, nesterov)
+    head: str = "prototype"  # "prototype": s*cos(f, p_k); "centered": s*p_k.(f - mu)/rho (linear, see prototype_heads)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _lr_at(step, steps, warmup, lr):
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return lr * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def _random_shift(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Translate each image by up to ``shift`` pixels (reflect padding), per-sample offsets."""
+    if shift <= 0:
+        return x
+    b, _, h, w = x.shape
+    xp = F.pad(x, (shift, shift, shift, shift), mode="reflect")
+    off = torch.randint(0, 2 * shift + 1, (b, 2), generator=gen)
+    rows = (torch.arange(h)[None, :] + off[:, :1]).long()  # (b, h)
+    cols = (torch.arange(w)[None, :] + off[:, 1:]).long()  # (b, w)
+    idx_b = torch.arange(b)[:, None, None]
+    out = xp.permute(0, 2, 3, 1)[idx_b, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+@torch.no_grad()
+def features(backbone: torch.nn.Module, x, device="cpu", batch_size: int = 500) -> torch.Tensor:
+    """Backbone features ``(N, D)`` of uint8 images ``(N, H, W, 3)`` (eval mode, float32, on CPU)."""
+    was = backbone.training
+    backbone.eval()
+    out = []
+    xt = to_tensor(x)
+    for i in range(0, len(xt), batch_size):
+        out.append(backbone(xt[i : i + batch_size].to(device)).float().cpu())
+    backbone.train(was)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def prototype_heads(backbone, x, y, n_classes: int, scale: float = 30.0, device="cpu", center: bool = False
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed CLIP-like head from base features.
+
+    ``center=False``: ``P[k] = normalize(mean_{i: y_i = k} normalize(f(x_i)))``, ``W = scale * P``, ``b = 0``
+    (logits ``s cos(f, p_k)`` up to a positive per-sample factor).
+    ``center=True``: ``mu = mean_i f(x_i)``, ``P[k] = normalize(mean_{y_i = k} (f(x_i) - mu))``,
+    ``rho = mean_i ||f(x_i) - mu||``, ``W = (scale / rho) P``, ``b = -W mu`` (a nearest-centred-mean
+    classifier whose logits are about ``s cos(f - mu, p_k)``). Raises if a class has no image.
+    """
+    f = features(backbone, x, device)
+    y = torch.as_tensor(np.array(y)).long()
+    counts = torch.bincount(y, minlength=n_classes)
+    if (counts == 0).any():
+        raise ValueError(f"prototype head: classes {torch.nonzero(counts == 0).flatten().tolist()} have no image")
+    if center:
+        mu = f.mean(0)
+        g = f - mu
+        rho = g.norm(dim=1).mean().clamp_min(1e-8)
+        P = F.normalize(torch.zeros(n_classes, f.shape[1]).index_add_(0, y, g) / counts[:, None], dim=1)
+        W = (scale / rho) * P
+        return W.contiguous(), (-(W @ mu)).contiguous()
+    f = F.normalize(f, dim=1)
+    sums = torch.zeros(n_classes, f.shape[1]).index_add_(0, y, f)
+    P = F.normalize(sums / counts[:, None], dim=1)
+    return (scale * P).contiguous(), torch.zeros(n_classes)
+
+
+def finetune(
+    base_state: dict,
+    make_module: Callable[[], torch.nn.Module],
+    head: tuple[torch.Tensor, torch.Tensor],
+    x,
+    y,
+    recipe: FinetuneRecipe = FinetuneRecipe(),
+    seed: int = 0,
+    device="cpu",
+    progress=None,
+) -> dict[str, torch.Tensor]:
+    """Fine-tune a copy of the backbone (all parameters) with a frozen head; return its state dict.
+
+    Loss: ``CE(s * normalize(f(x)) @ P^T + b, y)`` with ``(s P, b) = head`` fixed. ``seed``
+    controls data order and augmentation. The returned tensors are float32 on CPU.
+    """
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = make_module()
+    model.load_state_dict(base_state)
+    model.to(device).train()
+    W, b = head
+    scale = W.norm(dim=1).mean().clamp_min(1e-8)
+    P = (W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)).to(device)
+    W_lin = W.to(device)
+    b = b.to(device)
+    xt = to_tensor(x)
+    yt = torch.as_tensor(np.array(y)).long()
+    n = len(yt)
+    if recipe.optimizer == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    elif recipe.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True, weight_decay=recipe.weight_decay)
+    else:
+        raise ValueError(f"unknown optimizer {recipe.optimizer!r} (adamw or sgd)")
+    perm = torch.randperm(n, generator=gen)
+    pos = 0
+    for step in range(recipe.steps):
+        if pos + recipe.batch_size > n:
+            perm, pos = torch.randperm(n, generator=gen), 0
+        idx = perm[pos : pos + recipe.batch_size]
+        pos += recipe.batch_size
+        xb = _random_shift(xt[idx], recipe.shift, gen).to(device)
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, recipe.steps, recipe.warmup, recipe.lr)
+        if recipe.head == "centered":
+            logits = model(xb) @ W_lin.T + b
+        else:
+            logits = scale * F.normalize(model(xb), dim=1) @ P.T + b
+        loss = F.cross_entropy(logits, yt[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if progress is not None:
+            progress(step, float(loss))
+    return {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def task_vector_ratio(base: dict, expert: dict, matrices_only: bool = True) -> float:
+    """``||tau||_F / ||W0||_F`` over all (2-D, when ``matrices_only``) tensors: the RMS ratio."""
+    num = den = 0.0
+    for k, w0 in base.items():
+        if matrices_only and w0.ndim != 2:
+            continue
+        num += float((expert[k].float() - w0.float()).pow(2).sum())
+        den += float(w0.float().pow(2).sum())
+    return math.sqrt(num / den) if den > 0 else float("nan")
+
+
+def pretrain(
+    recipe: PretrainRecipe = PretrainRecipe(),
+    config=None,
+    device="cpu",
+    log_file: str | None = None,
+    progress: bool = True,
+    eval_every: int = 1000,
+    snapshot: Callable[[int, dict], None] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict]:
+    """Pretrain the backbone on the 48-class mixture; return ``(backbone_state, info)``.
+
+    ``info`` holds the recipe, validation accuracy (percent, 48-way), seconds, and the loss log.
+    The classification head used during pretraining is discarded.
+    """
+    from .model import BackboneConfig, make_backbone
+    from .tasks import PRETRAIN_CLASSES, make_pretrain_data
+
+    config = config or BackboneConfig()
+    t0 = time.time()
+    log = open(log_file, "a") if log_file else None
+
+    def say(msg):
+        line = f"[{time.time() - t0:8.1f}s] {msg}"
+        if log:
+            log.write(line + "\n")
+            log.flush()
+        if progress:
+            print(line, flush=True)
+
+    say(f"generating data: {recipe.n_per_class} x {PRETRAIN_CLASSES} train, {recipe.n_val_per_class} x {PRETRAIN_CLASSES} val")
+    xtr, ytr = make_pretrain_data(recipe.n_per_class, "train", recipe.data_seed)
+    xva, yva = make_pretrain_data(recipe.n_val_per_class, "val", recipe.data_seed)
+    gen_seconds = time.time() - t0
+    say(f"data ready ({gen_seconds:.1f}s)")
+    torch.manual_seed(recipe.seed)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    backbone = make_backbone(config)
+    head = torch.nn.Linear(backbone.embed_dim, PRETRAIN_CLASSES)
+    model = torch.nn.Sequential(backbone, head).to(device).train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n and "cls_token" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos_embed" not in n and "cls_token" not in n)]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr
+    )
+    xt = to_tensor(xtr)
+    yt = torch.as_tensor(ytr).long()
+    n = len(yt)
+    perm, pos = torch.randperm(n, generator=gen), 0
+    history = []
+
+    @torch.no_grad()
+    def val_acc():
+        model.eval()
+        correct = 0
+        xv = to_tensor(xva)
+        for i in range(0, len(xv), 1000):
+            correct += int((model(xv[i : i + 1000].to(device)).argmax(1).cpu() == torch.as_tensor(yva[i : i + 1000])).sum())
+        model.train()
+        return 100.0 * correct / len(yva)
+
+    run_loss = 0.0
+    for step in range(recipe.steps):
+        if pos + recipe.batch_size > n:
+            perm, pos = torch.randperm(n, generator=gen), 0
+        idx = perm[pos : pos + recipe.batch_size]
+        pos += recipe.batch_size
+        xb = _random_shift(xt[idx], recipe.shift, gen).to(device)
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, recipe.steps, recipe.warmup, recipe.lr)
+        loss = F.cross_entropy(model(xb), yt[idx].to(device), label_smoothing=recipe.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        run_loss += loss.item()
+        if (step + 1) % 100 == 0:
+            say(f"step {step + 1}/{recipe.steps} loss {run_loss / 100:.4f}")
+            history.append((step + 1, run_loss / 100))
+            run_loss = 0.0
+        if eval_every and (step + 1) % eval_every == 0 and step + 1 < recipe.steps:
+            say(f"step {step + 1} val acc {val_acc():.2f}")
+            if snapshot is not None:  # does not touch the random streams
+                snapshot(step + 1, {k: v.detach().float().cpu().clone() for k, v in backbone.state_dict().items()})
+    acc = val_acc()
+    seconds = time.time() - t0
+    say(f"done: val acc {acc:.2f} in {seconds:.1f}s")
+    if log:
+        log.close()
+    state = {k: v.detach().float().cpu().contiguous() for k, v in backbone.state_dict().items()}
+    info = {
+        "recipe": recipe.to_dict(),
+        "backbone": config.to_dict(),
+        "val_accuracy": acc,
+        "val_images": int(len(yva)),
+        "classes": PRETRAIN_CLASSES,
+        "seconds": seconds,
+        "data_seconds": gen_seconds,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "loss_history": history,
+    }
+    return state, info
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=float))

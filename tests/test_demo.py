@@ -1,0 +1,48 @@
+"""The zoo demo end to end on a micro zoo: every registry method, the sweeps, the outputs."""
+
+import json
+
+import pytest
+
+from swudi_lab.demo import PAPER_KAPPA_IWUDI, PAPER_KAPPA_SWUDI, demo_runs, format_table, run_demo
+from swudi_lab.merge import METHODS
+
+
+def test_paper_kappas_follow_from_the_paper_setting():
+    # kappa = t N / d_in on CLIP ViT-B/32: N = 8, d_in = 768
+    assert PAPER_KAPPA_IWUDI == pytest.approx(300 * 8 / 768)
+    assert PAPER_KAPPA_SWUDI == pytest.approx(1300 * 8 / 768)
+
+
+def test_every_registry_method_runs_at_its_defaults_and_matched_variants_exist():
+    runs = demo_runs(lr_rel=0.05)
+    paper = [r.method for r in runs if r.setting == "paper"]
+    assert paper == list(METHODS)
+    matched = {r.method: r.params for r in runs if r.setting == "matched"}
+    assert matched["iwudi"] == {"kappa": PAPER_KAPPA_IWUDI}
+    assert matched["wudi"] == {"lr_rel": 0.05}
+
+
+@pytest.mark.slow
+def test_demo_on_a_micro_zoo(tmp_path):
+    from swudi_lab.zoo import ZooConfig
+
+    logs = []
+    summary = run_demo(seeds=(0,), out_dir=tmp_path / "demo", quick=True, progress=False, log=logs.append,
+                       zoo_root=tmp_path / "zoo", config=ZooConfig.micro())
+    written = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert set(written) >= {"methods", "experts", "base", "sweeps"}
+    for label, row in written["methods"].items():
+        assert {"avg_acc", "norm_acc", "per_task", "seconds", "peak_mb"} <= set(row), label
+        assert 0.0 <= row["avg_acc"]["mean"] <= 100.0
+        assert row["seconds"]["mean"] > 0
+    # every per-task accuracy is averaged into avg_acc
+    row = written["methods"]["swudi"]
+    per_task = [v["mean"] for v in row["per_task"].values()]
+    assert row["avg_acc"]["mean"] == pytest.approx(sum(per_task) / len(per_task))
+    assert written["sweeps"]["kappa"] and written["sweeps"]["ratio"] and written["sweeps"]["wudi_steps"]
+    assert written["methods"]["swudi_a"]["ranks"], "SWUDI-A's per-layer ranks are reported"
+    html = (tmp_path / "demo" / "report.html").read_text()
+    assert html.count("Plotly.newPlot") >= 6
+    assert (tmp_path / "demo" / "summary.csv").read_text().count("\n") == len(written["methods"]) + 1
+    assert "swudi" in format_table(summary) and any("base-with-heads" in line for line in logs)

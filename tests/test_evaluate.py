@@ -1,0 +1,87 @@
+"""Evaluation harness: accuracy with each task's head, normalized accuracy, time and memory."""
+
+import numpy as np
+import pytest
+import torch
+
+import swudi_lab  # noqa: F401
+from swudi_lab.evaluate import (
+    average_accuracy,
+    evaluate_backbone,
+    mean_std,
+    measure,
+    normalized_accuracy,
+)
+
+
+class ChannelMeans(torch.nn.Module):
+    """Features = per-channel mean of the image: (B, 3, H, W) -> (B, 3)."""
+
+    def forward(self, x):
+        return x.mean(dim=(2, 3))
+
+
+def _channel_task(n=30, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    x = np.full((n, 8, 8, 3), 20, np.uint8)
+    x[np.arange(n), :, :, y] = 230  # the bright channel is the label
+    x = np.clip(x + rng.integers(0, 10, x.shape), 0, 255).astype(np.uint8)
+    return x, y
+
+
+def test_measure_cpu_time_and_peak():
+    with measure("cpu") as m:
+        a = np.ones(64 * 2**20 // 8)  # 64 MiB, touched
+        a += 1
+    assert m.seconds > 0
+    assert m.peak_mb >= 40 if m.exact_peak else m.peak_mb >= 0
+    del a
+
+
+def test_measure_fills_on_exception():
+    with pytest.raises(RuntimeError):
+        with measure("cpu") as m:
+            raise RuntimeError("boom")
+    assert m.seconds >= 0 and not np.isnan(m.seconds)
+
+
+def test_evaluate_backbone_perfect_and_chance():
+    x, y = _channel_task()
+    heads = {"chan": (torch.eye(3), torch.zeros(3))}
+    acc = evaluate_backbone(ChannelMeans(), heads, {"chan": (x, y)})
+    assert acc == {"chan": 100.0}
+    rolled = {"chan": (torch.eye(3).roll(1, 0), None)}
+    assert evaluate_backbone(ChannelMeans(), rolled, {"chan": (x, y)})["chan"] == 0.0
+
+
+def test_wrong_head_count_is_a_clear_error():
+    x, y = _channel_task()
+    with pytest.raises(ValueError, match="classes"):
+        evaluate_backbone(ChannelMeans(), {"chan": (torch.eye(3)[:2], None)}, {"chan": (x, y)})
+    with pytest.raises(ValueError, match="features"):
+        evaluate_backbone(ChannelMeans(), {"chan": (torch.eye(4), None)}, {"chan": (x, y)})
+    with pytest.raises(ValueError, match="no head"):
+        evaluate_backbone(ChannelMeans(), {"other": (torch.eye(3), None)}, {"chan": (x, y)})
+
+
+def test_wrong_image_size_is_a_clear_error():
+    from swudi_lab.zoo.model import BackboneConfig, make_backbone
+
+    vit = make_backbone(BackboneConfig(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2))
+    x = np.zeros((4, 16, 16, 3), np.uint8)
+    with pytest.raises(ValueError, match="expects"):
+        evaluate_backbone(vit, {"t": (torch.zeros(2, 32), None)}, {"t": (x, np.array([0, 1, 0, 1]))})
+
+
+def test_normalized_and_average_accuracy():
+    merged = {"a": 45.0, "b": 90.0}
+    expert = {"a": 90.0, "b": 90.0}
+    assert average_accuracy(merged) == 67.5
+    assert normalized_accuracy(merged, expert) == pytest.approx(75.0)
+    assert normalized_accuracy(merged, expert, per_task=True) == {"a": 50.0, "b": 100.0}
+    with pytest.raises(ValueError):
+        normalized_accuracy({"c": 1.0}, expert)
+    mu, sd = mean_std([1.0, 2.0, 3.0])
+    assert mu == 2.0 and sd == pytest.approx(1.0)
+    assert mean_std([5.0]) == (5.0, 0.0)

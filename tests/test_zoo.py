@@ -1,0 +1,213 @@
+"""The offline expert zoo: task generators, micro build -> merge -> evaluate, cache integrity, online path."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import swudi_lab  # noqa: F401
+from swudi_lab.evaluate import average_accuracy, evaluate_backbone, normalized_accuracy
+from swudi_lab.zoo import (
+    DATA_DIR,
+    TASK_CLASSES,
+    TASKS,
+    ZooCacheError,
+    ZooConfig,
+    build_zoo,
+    load_zoo,
+    make_backbone,
+    write_release,
+)
+from swudi_lab.zoo import tasks as T
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory):
+    root = tmp_path_factory.mktemp("zoo")
+    return root, build_zoo(root, seed=0, config=ZooConfig.micro(), progress=False)
+
+
+def test_eight_tasks_are_deterministic_and_balanced(monkeypatch):
+    monkeypatch.setattr(T, "CACHE_DIR", False)
+    assert len(TASKS) == 8
+    for name in TASKS:
+        k = TASK_CLASSES[name]
+        gen = T.TASK_GENERATORS[name][1]
+        x1, y1 = gen(2 * k, np.random.default_rng(T.task_seed(name, "test")), "test")
+        x2, y2 = gen(2 * k, np.random.default_rng(T.task_seed(name, "test")), "test")
+        assert x1.shape == (2 * k, 32, 32, 3) and x1.dtype == np.uint8
+        assert np.array_equal(x1, x2) and np.array_equal(y1, y2), name
+        assert np.bincount(y1, minlength=k).tolist() == [2] * k, name
+    xa, _ = T.TASK_GENERATORS["digits"][1](10, np.random.default_rng(1), "train")
+    xb, _ = T.TASK_GENERATORS["digits"][1](10, np.random.default_rng(2), "train")
+    assert not np.array_equal(xa, xb)
+
+
+def test_pretraining_mixture_is_disjoint_from_the_tasks():
+    names = {g[0] for g in T.PRETRAIN_GROUPS}
+    assert not names & set(TASKS)
+    assert sum(g[1] for g in T.PRETRAIN_GROUPS) == T.PRETRAIN_CLASSES == 48
+    assert not set(T.PRETRAIN_IMAGES) & set(T.TEXTURE_IMAGES)
+
+
+def test_micro_zoo_build_merge_evaluate(micro):
+    root, zoo = micro
+    assert zoo.tasks == list(ZooConfig.micro().tasks)
+    assert list(zoo.expert_paths) == zoo.tasks and all(p.is_file() for p in zoo.expert_paths.values())
+    assert set(load_file(str(zoo.base_path))) == set(zoo.make_backbone().state_dict())
+    m = zoo.manifest
+    for key in ("config", "seed", "accuracy", "task_vector_ratio", "files", "targets"):
+        assert key in m
+    # evaluation reproduces the manifest's reference rows
+    base_acc = evaluate_backbone(zoo.base_state_dict(), zoo)
+    assert base_acc == pytest.approx(m["accuracy"]["base"])
+    data = zoo.test_data()
+    for t in zoo.tasks:
+        acc = evaluate_backbone(zoo.load_backbone(zoo.expert_paths[t]), zoo.heads, {t: data[t]})[t]
+        assert acc == pytest.approx(m["accuracy"]["expert"][t])
+    # a simple merge: average of the task vectors
+    base = zoo.base_state_dict()
+    tvs = zoo.task_vectors()
+    merged = {k: base[k] + sum(tv[k] for tv in tvs.values()) / len(tvs) for k in base}
+    acc = evaluate_backbone(merged, zoo)
+    assert set(acc) == set(zoo.tasks) and all(0 <= a <= 100 for a in acc.values())
+    assert np.isfinite(normalized_accuracy(acc, zoo.expert_accuracy)) or min(zoo.expert_accuracy.values()) == 0
+    assert 0 <= average_accuracy(acc) <= 100
+
+
+def test_build_is_deterministic_and_reuses_the_cache(micro, tmp_path):
+    root, zoo = micro
+    again = build_zoo(tmp_path, seed=0, config=ZooConfig.micro(), progress=False)
+    assert again.manifest["files"] == zoo.manifest["files"]
+    mtime = zoo.base_path.stat().st_mtime_ns
+    reused = build_zoo(root, seed=0, config=ZooConfig.micro(), progress=False)
+    assert reused.base_path.stat().st_mtime_ns == mtime  # no rebuild
+    other = build_zoo(tmp_path, seed=1, config=ZooConfig.micro(), progress=False)
+    assert other.manifest["files"]["base.safetensors"] == zoo.manifest["files"]["base.safetensors"]
+    assert other.manifest["files"]["experts/digits.safetensors"] != zoo.manifest["files"]["experts/digits.safetensors"]
+
+
+def test_corrupted_or_partial_cache_is_detected_and_rebuilt(micro, tmp_path):
+    root, zoo = micro
+    d = tmp_path / "seed0"
+    shutil.copytree(zoo.dir, d)
+    expert = d / "experts" / "digits.safetensors"
+    raw = bytearray(expert.read_bytes())
+    raw[-5] ^= 0xFF
+    expert.write_bytes(bytes(raw))
+    with pytest.raises(ZooCacheError, match="corrupted"):
+        load_zoo(tmp_path, 0)
+    with pytest.warns(UserWarning, match="rebuilding"):
+        rebuilt = build_zoo(tmp_path, 0, ZooConfig.micro(), progress=False)
+    assert rebuilt.manifest["files"] == zoo.manifest["files"]
+    (d / "heads.safetensors").unlink()
+    with pytest.raises(ZooCacheError, match="missing"):
+        load_zoo(tmp_path, 0)
+    (d / "manifest.json").unlink()
+    with pytest.raises(ZooCacheError, match="manifest"):
+        load_zoo(tmp_path, 0)
+    with pytest.raises(ZooCacheError):  # nothing there and no release pack to materialize from
+        load_zoo(tmp_path / "nothing", 0, release_root=tmp_path / "no_release")
+
+
+def test_stale_cache_with_another_config_is_not_used(micro):
+    root, _ = micro
+    cfg = ZooConfig.micro(n_test=20)
+    with pytest.raises(ZooCacheError, match="another config"):
+        load_zoo(root, 0, config=cfg)
+
+
+def _fake_pretrained(tmp_path, config, good_hash=True):
+    from swudi_lab.zoo.build import sha256_file
+
+    sd = {k: v.contiguous() for k, v in make_backbone(config.backbone, seed=7).state_dict().items()}
+    w = tmp_path / "fake_base.safetensors"
+    save_file(sd, str(w))
+    digest = sha256_file(w) if good_hash else "0" * 64
+    (tmp_path / "fake_base.json").write_text(json.dumps({"name": "fake_base", "sha256": digest}))
+    return str(w)
+
+
+def test_shipped_base_with_wrong_hash_is_refused(tmp_path):
+    path = _fake_pretrained(tmp_path, ZooConfig.micro(), good_hash=False)
+    with pytest.raises(ZooCacheError, match="refusing"):
+        build_zoo(tmp_path / "zoo", 0, ZooConfig.micro(pretrained=path), progress=False)
+    assert not (tmp_path / "zoo" / "seed0").exists()
+
+
+def test_release_pack_round_trip(tmp_path):
+    cfg = ZooConfig.micro(pretrained=_fake_pretrained(tmp_path, ZooConfig.micro()))
+    zoo = build_zoo(tmp_path / "zoo", 0, cfg, progress=False)
+    rel = write_release(zoo, tmp_path / "release")
+    assert (rel / "manifest.json").is_file() and not (rel / "experts").exists()
+    again = load_zoo(tmp_path / "fresh", 0, release_root=tmp_path / "release")
+    assert again.manifest["files"] == zoo.manifest["files"]
+    for t in zoo.tasks:
+        tau = load_file(str(rel / "task_vectors" / f"{t}.safetensors"))
+        assert all(v.dtype == torch.float16 for v in tau.values())
+    tv = rel / "task_vectors" / f"{zoo.tasks[0]}.safetensors"
+    tv.write_bytes(tv.read_bytes()[:-10])
+    with pytest.raises(ZooCacheError, match="release pack"):
+        load_zoo(tmp_path / "fresh2", 0, release_root=tmp_path / "release")
+
+
+def test_online_recipe_with_offline_stand_ins(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from swudi_lab.zoo import online
+
+    def fake_model(name, pretrained, num_classes=0):
+        assert name == "hub_vit_stand_in" and pretrained and num_classes == 0
+        from timm.models.vision_transformer import VisionTransformer
+
+        torch.manual_seed(0)
+        return VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, num_classes=0)
+
+    class FakeDataset:
+        def __init__(self, task, split):
+            rng = np.random.default_rng(len(task) + (split == "test"))
+            self.targets = list(np.arange(50) % 4)
+            self.images = [Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)) for _ in self.targets]
+
+        def __len__(self):
+            return len(self.targets)
+
+        def __getitem__(self, i):
+            return self.images[i], self.targets[i]
+
+    monkeypatch.setattr(online, "MODEL_FACTORY", fake_model)
+    monkeypatch.setattr(online, "DATASET_FACTORY", lambda task, split, root: FakeDataset(task, split))
+    online.dataset_split.cache_clear()
+    cfg = online.online_config("hub_vit_stand_in", tasks=("mnist", "eurosat"), img_size=32, n_train=24, n_test=12,
+                               steps=2, batch_size=8)
+    zoo = build_zoo(tmp_path, 0, cfg, progress=False)
+    online.dataset_split.cache_clear()
+    assert zoo.tasks == ["tv:mnist", "tv:eurosat"] and zoo.n_classes == {"tv:mnist": 4, "tv:eurosat": 4}
+    x, y = zoo.test_data()["tv:mnist"]
+    assert x.shape == (12, 32, 32, 3) and x.dtype == np.uint8
+    acc = evaluate_backbone(zoo.base_state_dict(), zoo)
+    assert acc == pytest.approx(zoo.manifest["accuracy"]["base"])
+
+
+def test_shipped_seed0_release_is_intact(tmp_path):
+    rel = DATA_DIR / "zoo_release" / "seed0"
+    if not (rel / "manifest.json").exists():
+        pytest.skip("no shipped release pack")
+    zoo = load_zoo(tmp_path, 0)  # materializes from the shipped pack and verifies every hash
+    m = zoo.manifest
+    assert len(zoo.tasks) == 8 and set(m["targets"]) >= {"avg_gain", "mean_ratio", "gain_met", "ratio_met"}
+    assert m["pretrained"]["sha256"] == json.loads((DATA_DIR / "pretrained" / f"{m['pretrained']['name']}.json").read_text())["sha256"]
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: the shipped seed-0 zoo misses the issue's targets "
+                   "(experts +30 points over base-with-heads, task vectors a few percent); numbers in its manifest")
+def test_shipped_seed0_meets_the_targets():
+    rel = DATA_DIR / "zoo_release" / "seed0" / "manifest.json"
+    if not rel.exists():
+        pytest.skip("no shipped release pack")
+    t = json.loads(rel.read_text())["targets"]
+    assert t["gain_met"] and t["ratio_met"], t
