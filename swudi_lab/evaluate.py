@@ -37,6 +37,8 @@ from typing import Iterator, Mapping, Sequence
 import numpy as np
 import torch
 
+from .merge.io import load_state_dict  # safetensors, or torch.load(weights_only=True)
+
 __all__ = [
     "Measurement",
     "measure",
@@ -45,7 +47,6 @@ __all__ = [
     "average_accuracy",
     "normalized_accuracy",
     "mean_std",
-    "load_state_dict",
     "reference_rows",
     "summarize_seeds",
 ]
@@ -148,13 +149,6 @@ def measure(device: str | torch.device = "cpu") -> Iterator[Measurement]:
 
 
 # ----------------------------------------------------------------------------- accuracy
-
-
-def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a backbone state dict from safetensors (never unpickles)."""
-    from safetensors.torch import load_file
-
-    return load_file(str(path))
 
 
 def _resolve_backbone(backbone_or_state_dict, zoo_or_heads, device):

@@ -90,6 +90,16 @@ def _lr_at(step, steps, warmup, lr):
     return lr * 0.5 * (1 + math.cos(math.pi * t))
 
 
+def _batch_indices(n: int, batch_size: int, steps: int, gen: torch.Generator):
+    """Indices of ``steps`` mini-batches: a fresh permutation of ``range(n)`` whenever one runs out."""
+    perm, pos = torch.randperm(n, generator=gen), 0
+    for _ in range(steps):
+        if pos + batch_size > n:
+            perm, pos = torch.randperm(n, generator=gen), 0
+        yield perm[pos : pos + batch_size]
+        pos += batch_size
+
+
 def _random_shift(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
     """Translate each image by up to ``shift`` pixels (reflect padding), per-sample offsets."""
     if shift <= 0:
@@ -181,13 +191,7 @@ def finetune(
         opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True, weight_decay=recipe.weight_decay)
     else:
         raise ValueError(f"unknown optimizer {recipe.optimizer!r} (adamw or sgd)")
-    perm = torch.randperm(n, generator=gen)
-    pos = 0
-    for step in range(recipe.steps):
-        if pos + recipe.batch_size > n:
-            perm, pos = torch.randperm(n, generator=gen), 0
-        idx = perm[pos : pos + recipe.batch_size]
-        pos += recipe.batch_size
+    for step, idx in enumerate(_batch_indices(n, recipe.batch_size, recipe.steps, gen)):
         xb = _random_shift(xt[idx], recipe.shift, gen).to(device)
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, recipe.steps, recipe.warmup, recipe.lr)
@@ -262,7 +266,6 @@ def pretrain(
     xt = to_tensor(xtr)
     yt = torch.as_tensor(ytr).long()
     n = len(yt)
-    perm, pos = torch.randperm(n, generator=gen), 0
     history = []
 
     @torch.no_grad()
@@ -276,11 +279,7 @@ def pretrain(
         return 100.0 * correct / len(yva)
 
     run_loss = 0.0
-    for step in range(recipe.steps):
-        if pos + recipe.batch_size > n:
-            perm, pos = torch.randperm(n, generator=gen), 0
-        idx = perm[pos : pos + recipe.batch_size]
-        pos += recipe.batch_size
+    for step, idx in enumerate(_batch_indices(n, recipe.batch_size, recipe.steps, gen)):
         xb = _random_shift(xt[idx], recipe.shift, gen).to(device)
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, recipe.steps, recipe.warmup, recipe.lr)
