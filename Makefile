@@ -35,8 +35,10 @@ demo: setup
 toy-demo: setup
 	$(PY) -m swudi_lab.cli demo --toy
 
+# Unit and behaviour tests (incl. the headless-browser check of the notebooks) and every
+# notebook top to bottom through nbval (lax: outputs are not compared; the notebooks' asserts are).
 test: setup browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --nbval-lax --nbval-current-env tests notebooks
 
 bench: setup
 	$(PY) benchmarks/merge_cost.py

@@ -129,7 +129,7 @@ def _add_zoo(sub) -> None:
     p = sub.add_parser("zoo", help="build, reuse or inspect the offline ViT expert zoo")
     p.add_argument("action", choices=["build", "info"], help="build: build or reuse; info: print manifests")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="expert seeds (default: 0, the shipped one)")
-    p.add_argument("--root", default="data/zoo", help="zoo cache directory")
+    p.add_argument("--root", default=None, help="zoo cache directory (default: data/zoo of the checkout)")
     p.add_argument("--force", action="store_true", help="rebuild even if the cache verifies")
     p.add_argument("--pretrain", action="store_true",
                    help="first reproduce the pretrained base (a long CPU run) into --pretrained-out")
@@ -140,12 +140,12 @@ def _add_zoo(sub) -> None:
 
 def _cmd_zoo(args) -> int:
     from swudi_lab.zoo import build_zoo, load_zoo
-    from swudi_lab.zoo.build import DATA_DIR, DEFAULT_PRETRAINED, ZooCacheError, build_pretrained
+    from swudi_lab.zoo.build import DATA_DIR, DEFAULT_PRETRAINED, ZOO_ROOT, ZooCacheError, build_pretrained
 
     if args.action == "info":
         for seed in args.seeds:
             try:
-                zoo = load_zoo(args.root, seed)
+                zoo = load_zoo(args.root or ZOO_ROOT, seed)
             except ZooCacheError as e:  # a one-line error, like every other bad input
                 raise ValueError(f"{e} (build it with: swudi-lab zoo build --seeds {seed})") from None
             print(zoo)
@@ -159,7 +159,7 @@ def _cmd_zoo(args) -> int:
               + ("(identical to the shipped base)" if same else "(differs from the shipped base; the zoo keeps "
                  "using the shipped one: float results depend on the machine and thread count)"))
     for seed in args.seeds:
-        print(build_zoo(args.root, seed, force=args.force, device=args.device))
+        print(build_zoo(args.root or ZOO_ROOT, seed, force=args.force, device=args.device))
     return 0
 
 
@@ -174,6 +174,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--out", default="results/demo", help="output directory")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--fresh", action="store_true", help="recompute every seed (default: reuse cached seed results)")
 
 
 def _cmd_demo(args) -> int:
@@ -186,7 +187,7 @@ def _cmd_demo(args) -> int:
     from swudi_lab.merge.engine import resolve_device
 
     run_demo(seeds=tuple(args.seeds), out_dir=args.out, device=str(resolve_device(args.device)), quick=args.quick,
-             progress=not args.no_progress)
+             progress=not args.no_progress, fresh=args.fresh)
     return 0
 
 

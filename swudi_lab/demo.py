@@ -48,6 +48,7 @@ WUDI_STEPS = (100, 300, 1000, 3000)
 KAPPAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 1000.0)
 RATIOS = (0.1, 0.2, 0.35, 0.5, 0.65, 0.8, 1.0)
 LR_REL_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+SWEEP_IMAGES = 500  # test images per task for the sweeps (the method table uses the whole split)
 
 
 @dataclass(frozen=True)
@@ -133,20 +134,23 @@ def _score(state_dict, zoo, data, expert_acc, device) -> dict:
 
 
 def run_seed(seed: int, *, device="cpu", quick: bool = False, progress: bool = True, log=print,
-             zoo_root="data/zoo", config=None) -> dict:
+             zoo_root=None, config=None) -> dict:
     """All merges, scores and sweeps of one expert seed (see the module docstring).
 
     ``zoo_root`` and ``config`` (a :class:`~swudi_lab.zoo.ZooConfig`) select the zoo; the default
     is the shipped offline zoo. ``quick`` scores on 300 test images per task and runs short sweeps (a smoke run).
     """
     from .zoo import build_zoo
+    from .zoo.build import ZOO_ROOT
 
     t_start = time.perf_counter()
-    zoo = build_zoo(root=zoo_root, seed=seed, config=config, progress=progress)
+    zoo = build_zoo(root=zoo_root or ZOO_ROOT, seed=seed, config=config, progress=progress)
     base = zoo.base_state_dict()
     experts = {t: zoo.expert_state_dict(t) for t in zoo.tasks}
     data = zoo.test_data(max_per_task=300 if quick else None)
+    sweep_data = zoo.test_data(max_per_task=300 if quick else SWEEP_IMAGES)
     expert_acc = {t: evaluate_backbone(experts[t], zoo, {t: data[t]}, device=device)[t] for t in zoo.tasks}
+    sweep_expert_acc = {t: evaluate_backbone(experts[t], zoo, {t: sweep_data[t]}, device=device)[t] for t in zoo.tasks}
     base_acc = evaluate_backbone(base, zoo, data, device=device)
     out = {"seed": seed, "tasks": zoo.tasks, "experts": expert_acc, "base": base_acc, "methods": {}, "sweeps": {}}
     log(f"[seed {seed}] base-with-heads {average_accuracy(base_acc):.1f}%, experts {average_accuracy(expert_acc):.1f}%")
@@ -168,12 +172,16 @@ def run_seed(seed: int, *, device="cpu", quick: bool = False, progress: bool = T
         log(f"[seed {seed}] {run.label:<34} {row['avg_acc']:6.2f}%  ({m.seconds:.2f} s)")
 
     sweeps = out["sweeps"]
+
+    def score(state_dict):  # sweeps: a fixed subset of each test split, normalized by the experts on it
+        return _score(state_dict, zoo, sweep_data, sweep_expert_acc, device)
+
     steps = WUDI_STEPS[:2] if quick else WUDI_STEPS
     for label, lr_args in (("paper lr", {"lr": PAPER["lr"]}), ("matched lr", {"lr_rel": calib["lr_rel"]})):
         curve = []
         for s in steps:
             merged = merge(base, experts, "wudi", progress=False, device=device, steps=s, **lr_args)
-            curve.append({"steps": s, **_score(merged.state_dict, zoo, data, expert_acc, device)})
+            curve.append({"steps": s, **score(merged.state_dict)})
         sweeps.setdefault("wudi_steps", {})[label] = curve
 
     kappas = KAPPAS[1::2] if quick else KAPPAS
@@ -181,12 +189,13 @@ def run_seed(seed: int, *, device="cpu", quick: bool = False, progress: bool = T
     kappa_rules = {f"{k:g}": (lambda d, n, k=k: exponential(kappa_time(k, d, n))) for k in kappas}
     kappa_rules["closed_form"] = per_layer(pseudoinverse())
     merged = filter_sweep(base, experts, kappa_rules, device=device)
-    sweeps["kappa"] = [{"kappa": k, **_score(merged[f"{k:g}"], zoo, data, expert_acc, device)} for k in kappas]
-    sweeps["closed_form"] = _score(merged["closed_form"], zoo, data, expert_acc, device)
+    sweeps["kappa"] = [{"kappa": k, **score(merged[f"{k:g}"])} for k in kappas]
+    sweeps["closed_form"] = score(merged["closed_form"])
 
     ratio_rules = {f"{r:g}": (lambda d, n, r=r: swudi(kappa_time(PAPER_KAPPA_SWUDI, d, n), ratio=r)) for r in ratios}
     merged = filter_sweep(base, experts, ratio_rules, device=device)
-    sweeps["ratio"] = [{"ratio": r, **_score(merged[f"{r:g}"], zoo, data, expert_acc, device)} for r in ratios]
+    sweeps["ratio"] = [{"ratio": r, **score(merged[f"{r:g}"])} for r in ratios]
+    sweeps["images_per_task"] = min(len(y) for _, y in sweep_data.values())
     out["seconds"] = time.perf_counter() - t_start
     return out
 
@@ -264,15 +273,54 @@ def write_csv(summary: dict, path: Path) -> None:
                        + [m["per_task"][t]["mean"] for t in tasks])
 
 
+def _cached_seed(seed: int, cache: Path, key: str, **kw) -> dict:
+    """``run_seed`` with its result cached in ``cache`` under ``key`` (zoo manifest + settings)."""
+    path = cache / f"seed{seed}.json"
+    if path.is_file():
+        cached = json.loads(path.read_text())
+        if cached.get("cache_key") == key:
+            kw["log"](f"[seed {seed}] reusing {path} (delete it, or pass fresh=True, to recompute)")
+            return cached["result"]
+    result = run_seed(seed, **kw)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"cache_key": key, "result": result}))
+    tmp.replace(path)
+    return result
+
+
+def _cache_key(seed: int, zoo_root, config, quick: bool, device, progress: bool) -> str:
+    import hashlib
+
+    from . import __version__
+    from .zoo import build_zoo
+    from .zoo.build import ZOO_ROOT
+
+    manifest = json.dumps(build_zoo(root=zoo_root or ZOO_ROOT, seed=seed, config=config, progress=progress).manifest,
+                          sort_keys=True)
+    settings = [__version__, quick, str(device), WUDI_STEPS, KAPPAS, RATIOS, LR_REL_GRID, SWEEP_IMAGES, sorted(METHODS)]
+    return hashlib.sha256((manifest + repr(settings)).encode()).hexdigest()
+
+
 def run_demo(seeds=(0, 1, 2), *, out_dir="results/demo", device="cpu", quick: bool = False,
-             progress: bool = True, log=print, zoo_root="data/zoo", config=None) -> dict:
-    """Run every seed, aggregate, print the table and write summary.json, summary.csv, report.html."""
+             progress: bool = True, log=print, zoo_root=None, config=None, fresh: bool = False) -> dict:
+    """Run every seed, aggregate, print the table and write summary.json, summary.csv, report.html.
+
+    Each seed's results are cached in ``<out_dir>/seeds/`` keyed by the zoo's manifest and the
+    demo settings, so adding a seed or re-running reuses the others (``fresh=True`` recomputes).
+    """
     if not seeds:
         raise ValueError("seeds is empty: give at least one expert seed")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    per_seed = [run_seed(s, device=device, quick=quick, progress=progress, log=log, zoo_root=zoo_root, config=config)
-                for s in seeds]
+    per_seed = []
+    for s in seeds:
+        kw = dict(device=device, quick=quick, progress=progress, log=log, zoo_root=zoo_root, config=config)
+        if fresh:
+            per_seed.append(run_seed(s, **kw))
+        else:
+            key = _cache_key(s, zoo_root, config, quick, device, progress)
+            per_seed.append(_cached_seed(s, out_dir / "seeds", key, **kw))
     summary = aggregate(per_seed)
     summary["device"] = str(device)
     summary["quick"] = quick

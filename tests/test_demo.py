@@ -46,3 +46,9 @@ def test_demo_on_a_micro_zoo(tmp_path):
     assert html.count("Plotly.newPlot") >= 6
     assert (tmp_path / "demo" / "summary.csv").read_text().count("\n") == len(written["methods"]) + 1
     assert "swudi" in format_table(summary) and any("base-with-heads" in line for line in logs)
+    # a re-run reuses the cached seed result (keyed by zoo manifest + settings) and gives the same summary
+    again = []
+    summary2 = run_demo(seeds=(0,), out_dir=tmp_path / "demo", quick=True, progress=False, log=again.append,
+                        zoo_root=tmp_path / "zoo", config=ZooConfig.micro())
+    assert any("reusing" in line for line in again)
+    assert summary2["methods"]["swudi"]["avg_acc"] == summary["methods"]["swudi"]["avg_acc"]

@@ -1,8 +1,8 @@
 """Offline expert zoo: eight procedural 32x32 tasks, a small timm ViT base and its experts.
 
     from swudi_lab.zoo import build_zoo, load_zoo
-    zoo = load_zoo("data/zoo", seed=0)          # shipped seed 0 (materialized on first use)
-    zoo = build_zoo("data/zoo", seed=1)         # other expert seeds, built on demand (cached)
+    zoo = load_zoo(seed=0)          # shipped seed 0 (materialized into data/zoo on first use)
+    zoo = build_zoo(seed=1)         # other expert seeds, built on demand (cached)
 
 See :mod:`.tasks` (data), :mod:`.model` (backbone), :mod:`.train` (pretraining, prototype heads,
 fine-tuning), :mod:`.build` (cache, manifest, release pack) and :mod:`.online` (hub models and

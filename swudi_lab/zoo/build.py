@@ -56,6 +56,7 @@ __all__ = [
 ]
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+ZOO_ROOT = DATA_DIR / "zoo"  # default cache, independent of the current directory
 DEFAULT_PRETRAINED = "vit_p4_w128_d4_mix48"
 FORMAT = "swudi_lab.zoo/1"
 TARGET_MIN_GAIN = 30.0  # points, experts over base-with-heads, averaged over tasks
@@ -278,7 +279,7 @@ def _seed_dir(root, seed: int) -> Path:
     return Path(root) / f"seed{int(seed)}"
 
 
-def load_zoo(root="data/zoo", seed: int = 0, verify: bool = True, config: ZooConfig | None = None,
+def load_zoo(root=ZOO_ROOT, seed: int = 0, verify: bool = True, config: ZooConfig | None = None,
              release_root=None) -> Zoo:
     """Open the zoo of ``seed`` under ``root``, verifying every file's sha256.
 
@@ -370,7 +371,7 @@ def _evaluate(backbone_state, make, heads, data, tasks, device="cpu") -> dict:
     return evaluate_backbone(m, heads, {t: data[t] for t in tasks}, tasks=tasks, device=device)
 
 
-def build_zoo(root="data/zoo", seed: int = 0, config: ZooConfig | None = None, progress: bool = True,
+def build_zoo(root=ZOO_ROOT, seed: int = 0, config: ZooConfig | None = None, progress: bool = True,
               force: bool = False, device="cpu") -> Zoo:
     """Build (or reuse) the zoo of ``seed``: base, 8 experts, fixed heads, manifest.
 
