@@ -86,4 +86,6 @@ def test_zoo_info_on_a_micro_zoo(tmp_path, capsys):
     build_zoo(tmp_path / "zoo", seed=0, config=ZooConfig.micro(), progress=False)
     assert main(["zoo", "info", "--root", str(tmp_path / "zoo")]) == 0
     assert "Zoo(" in capsys.readouterr().out
-    assert main(["zoo", "info", "--root", str(tmp_path / "missing")]) != 0
+    # no cache and no shipped release for seed 7: a one-line error, non-zero exit
+    assert main(["zoo", "info", "--root", str(tmp_path / "missing"), "--seeds", "7"]) != 0
+    assert "swudi-lab zoo build --seeds 7" in capsys.readouterr().err
