@@ -13,7 +13,7 @@ Reading never executes pickled code: ``.safetensors`` files are opened with ``sa
 
 Every source is wrapped in a :class:`Checkpoint` that lists keys, shapes and dtypes without
 reading tensor data, and returns one tensor at a time with :meth:`Checkpoint.get`. Torch files
-are memory-mapped when their format allows (``torch.load(mmap=True)``), so they too are paged in
+are memory-mapped when their format allows (``torch.load(weights_only=True, mmap=True)``), so they are paged in
 tensor by tensor; safetensors is the format for truly streaming merges.
 
 Writing (:class:`SafetensorsWriter`, :func:`save_safetensors`) goes to a temporary file in the
