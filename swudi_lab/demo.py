@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .evaluate import average_accuracy, evaluate_backbone, mean_std, measure, normalized_accuracy
 from .merge import METHODS, merge
@@ -134,17 +133,18 @@ def _score(state_dict, zoo, data, expert_acc, device) -> dict:
 
 
 def run_seed(seed: int, *, device="cpu", quick: bool = False, progress: bool = True, log=print,
-             zoo_root=None, config=None) -> dict:
+             zoo_root=None, config=None, zoo=None) -> dict:
     """All merges, scores and sweeps of one expert seed (see the module docstring).
 
     ``zoo_root`` and ``config`` (a :class:`~swudi_lab.zoo.ZooConfig`) select the zoo; the default
-    is the shipped offline zoo. ``quick`` scores on 300 test images per task and runs short sweeps (a smoke run).
+    is the shipped offline zoo (or pass an opened ``zoo``). ``quick`` scores on 300 test images per task and runs short sweeps (a smoke run).
     """
     from .zoo import build_zoo
     from .zoo.build import ZOO_ROOT
 
     t_start = time.perf_counter()
-    zoo = build_zoo(root=zoo_root or ZOO_ROOT, seed=seed, config=config, progress=progress)
+    if zoo is None:
+        zoo = build_zoo(root=zoo_root or ZOO_ROOT, seed=seed, config=config, progress=progress)
     base = zoo.base_state_dict()
     experts = {t: zoo.expert_state_dict(t) for t in zoo.tasks}
     data = zoo.test_data(max_per_task=300 if quick else None)
@@ -289,15 +289,13 @@ def _cached_seed(seed: int, cache: Path, key: str, **kw) -> dict:
     return result
 
 
-def _cache_key(seed: int, zoo_root, config, quick: bool, device, progress: bool) -> str:
+def _cache_key(zoo, quick: bool, device) -> str:
+    """Key of a seed's cached results: the zoo's manifest (hashes of every file) and the demo settings."""
     import hashlib
 
     from . import __version__
-    from .zoo import build_zoo
-    from .zoo.build import ZOO_ROOT
 
-    manifest = json.dumps(build_zoo(root=zoo_root or ZOO_ROOT, seed=seed, config=config, progress=progress).manifest,
-                          sort_keys=True)
+    manifest = json.dumps(zoo.manifest, sort_keys=True)
     settings = [__version__, quick, str(device), WUDI_STEPS, KAPPAS, RATIOS, LR_REL_GRID, SWEEP_IMAGES, sorted(METHODS)]
     return hashlib.sha256((manifest + repr(settings)).encode()).hexdigest()
 
@@ -313,14 +311,17 @@ def run_demo(seeds=(0, 1, 2), *, out_dir="results/demo", device="cpu", quick: bo
         raise ValueError("seeds is empty: give at least one expert seed")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    from .zoo import build_zoo
+    from .zoo.build import ZOO_ROOT
+
     per_seed = []
     for s in seeds:
-        kw = dict(device=device, quick=quick, progress=progress, log=log, zoo_root=zoo_root, config=config)
+        zoo = build_zoo(root=zoo_root or ZOO_ROOT, seed=s, config=config, progress=progress)  # built or verified once
+        kw = dict(device=device, quick=quick, progress=progress, log=log, zoo=zoo)
         if fresh:
             per_seed.append(run_seed(s, **kw))
         else:
-            key = _cache_key(s, zoo_root, config, quick, device, progress)
-            per_seed.append(_cached_seed(s, out_dir / "seeds", key, **kw))
+            per_seed.append(_cached_seed(s, out_dir / "seeds", _cache_key(zoo, quick, device), **kw))
     summary = aggregate(per_seed)
     summary["device"] = str(device)
     summary["quick"] = quick

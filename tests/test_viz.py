@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import swudi_lab  # noqa: F401  (import order: before timm)
-from swudi_lab.spectral import exponential, landweber, swudi, tikhonov, top_k
+from swudi_lab.spectral import exponential, landweber, swudi, tikhonov
 from swudi_lab.viz import (
     PALETTE,
     TEMPLATE,

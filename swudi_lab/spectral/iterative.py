@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .estimator import EIGEN_FLOOR, Eig, _tensor, check_normal_equation
+from .estimator import EIGEN_FLOOR, _tensor, check_normal_equation
 from .filters import _count, _positive
 from .wudi import as_task_stack, sum_init, wudi_loss
 
