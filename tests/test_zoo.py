@@ -30,10 +30,10 @@ def micro(tmp_path_factory):
     return root, build_zoo(root, seed=0, config=ZooConfig.micro(), progress=False)
 
 
-def test_eight_tasks_are_deterministic_and_balanced(monkeypatch):
+def test_tasks_are_deterministic_and_balanced(monkeypatch):
     monkeypatch.setattr(T, "CACHE_DIR", False)
-    assert len(TASKS) == 8
-    for name in TASKS:
+    assert len(TASKS) == 8 and set(TASKS) < set(T.TASK_GENERATORS)
+    for name in T.TASK_GENERATORS:
         k = TASK_CLASSES[name]
         gen = T.TASK_GENERATORS[name][1]
         x1, y1 = gen(2 * k, np.random.default_rng(T.task_seed(name, "test")), "test")
@@ -44,6 +44,20 @@ def test_eight_tasks_are_deterministic_and_balanced(monkeypatch):
     xa, _ = T.TASK_GENERATORS["digits"][1](10, np.random.default_rng(1), "train")
     xb, _ = T.TASK_GENERATORS["digits"][1](10, np.random.default_rng(2), "train")
     assert not np.array_equal(xa, xb)
+
+
+def test_pattern_and_flag_classes_are_told_apart_by_structure_not_colour():
+    """Each class of ``patterns``/``flags`` is one mask layout; colours are random per image, so the
+    masks (not the palette) must differ between classes and vary within one (rotation, jitter)."""
+    rng = np.random.default_rng(0)
+    for mask in (T._pattern_mask, T._flag_regions):
+        for k in range(10):
+            draws = [np.asarray(mask(k, rng)) for _ in range(5)]
+            assert draws[0].shape == (32, 32) and 0 < (draws[0] > 0).mean() < 1, (mask.__name__, k)
+            assert any(not np.array_equal(draws[0], d) for d in draws[1:]), (mask.__name__, k)
+    x, y = T.gen_flags(400, np.random.default_rng(1), "train")
+    per_class_mean = np.array([x[y == k].reshape(-1, 3).mean(0) for k in range(10)])
+    assert per_class_mean.std(0).max() < 25  # average colour carries little of the label
 
 
 def test_pretraining_mixture_is_disjoint_from_the_tasks():
@@ -87,14 +101,14 @@ def test_build_is_deterministic_and_reuses_the_cache(micro, tmp_path):
     assert reused.base_path.stat().st_mtime_ns == mtime  # no rebuild
     other = build_zoo(tmp_path, seed=1, config=ZooConfig.micro(), progress=False)
     assert other.manifest["files"]["base.safetensors"] == zoo.manifest["files"]["base.safetensors"]
-    assert other.manifest["files"]["experts/digits.safetensors"] != zoo.manifest["files"]["experts/digits.safetensors"]
+    assert other.manifest["files"]["experts/flags.safetensors"] != zoo.manifest["files"]["experts/flags.safetensors"]
 
 
 def test_corrupted_or_partial_cache_is_detected_and_rebuilt(micro, tmp_path):
     root, zoo = micro
     d = tmp_path / "seed0"
     shutil.copytree(zoo.dir, d)
-    expert = d / "experts" / "digits.safetensors"
+    expert = d / "experts" / "flags.safetensors"
     raw = bytearray(expert.read_bytes())
     raw[-5] ^= 0xFF
     expert.write_bytes(bytes(raw))

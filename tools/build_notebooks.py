@@ -656,8 +656,8 @@ spectra, filters and rank rules on real task vectors of a ViT.
 
 ZOO_INTRO = """
 The **offline zoo** (`swudi_lab.zoo`): a small timm ViT (patch 4, width 128, 4 blocks) pretrained on
-procedural 32 × 32 images, and 8 experts, each fine-tuned on one task (digits, shapes, orientation,
-counting, textures, position, colour, ...) with a fixed prototype head. Seed 0 ships with the
+procedural 32 × 32 images, and 8 experts, each fine-tuned on one task (letters, shapes, orientation,
+counting, photo textures, flags, patterns, colour) with a fixed prototype head. Seed 0 ships with the
 repository; `load_zoo` verifies every file's sha256.
 """
 

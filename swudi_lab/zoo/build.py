@@ -136,7 +136,7 @@ class ZooConfig:
         """A zoo that builds in seconds: tiny ViT, three tasks, few images, few steps."""
         base = dict(
             backbone=BackboneConfig(img_size=32, patch_size=8, embed_dim=32, depth=1, num_heads=2, mlp_ratio=2.0),
-            tasks=("digits", "orientation", "position"),
+            tasks=("flags", "orientation", "position"),
             n_train=60,
             n_test=30,
             finetune=FinetuneRecipe(steps=4, batch_size=16, lr=1e-3, warmup=1, prototype_images=60),

@@ -6,7 +6,7 @@ feature, as in CLIP's image tower); 0.81 M parameters. Why these numbers:
 
 * patch 4 on 32x32 keeps a plain linear patch stem (a conv with stride = kernel, the timm/CLIP
   stem, so all merge code sees standard ViT key names) while giving 64 tokens -- enough spatial
-  resolution for counting, position and orientation; patch 2 would cost 4x the attention FLOPs
+  resolution for counting, flags and orientation; patch 2 would cost 4x the attention FLOPs
   and patch 8 (16 tokens) cannot resolve dots of 3 px;
 * width 128 / depth 4 is the size at which a 2-core CPU trains ~250 images/s, so eight experts
   fine-tune in a few minutes; every block has the four 2-D matrices the spectral merges act on

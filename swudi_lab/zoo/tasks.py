@@ -5,21 +5,27 @@ Everything is generated procedurally or taken from data that ships with installe
 images); nothing is downloaded. Every generator is a pure function of ``(n, rng, split)``:
 labels are balanced (``y = arange(n) % K``, shuffled) and the same seed gives the same bytes.
 
-The eight evaluation tasks differ from each other the way SUN397, MNIST, EuroSAT and DTD do
-(strokes, shapes, frequency/orientation, counting, texture, position, colour):
+The eight default tasks (:data:`TASKS`) differ from each other the way SUN397, GTSRB, EuroSAT
+and DTD do (strokes, shapes, frequency/orientation, counting, photo texture, layout, procedural
+texture, colour):
 
 ==============  ======  =========================================================================
 task            classes what decides the label
 ==============  ======  =========================================================================
-``digits``        10    handwritten digit (sklearn ``load_digits``; train/test use disjoint writers' samples)
 ``letters``       10    letter A-J rendered with Pillow's default font, random size/position/colours
 ``shapes``        10    geometric shape (triangle ... star, ring, cross), random size/position/rotation jitter
 ``orientation``   10    orientation of a sinusoidal grating (18 degree bins), random frequency/phase/colours
 ``counting``      10    number of dots (1-10), random positions/radius/colours
 ``texture``       10    which scikit-image photo a random crop comes from (train: left 70 %, test: right 30 %)
-``position``       9    cell (3x3 grid) that holds a small blob, among noise
+``flags``         10    flag layout (bicolour, tricolour, cross, disc, saltire, ...), random colours, jittered lines
+``patterns``      10    procedural texture (checks, stripes, dots, rings, grid, zigzag, bricks, rays, speckle,
+                        waves) at a random rotation, period and pair of colours
 ``colour``        10    hue bin of an object on a coloured-noise background
 ==============  ======  =========================================================================
+
+Two more tasks are available but not in the default eight (see the note at :data:`TASKS`):
+``digits`` (scikit-learn's handwritten digits, disjoint writers' samples for train and test)
+and ``position`` (which cell of a 3x3 grid holds a small blob, among noise).
 
 The pretraining mixture (:data:`PRETRAIN_GROUPS`, 48 classes) uses *other* generators or other
 classes: letters K-Z, symbols, eight other scikit-image photos, band-pass noise scale and
@@ -276,6 +282,92 @@ def gen_counting(n, rng, split):
     return x, y
 
 
+def _two_colours(rng, min_dist=120):
+    c1 = _rand_colour(rng).astype(np.float32)
+    return c1, _contrasting(rng, c1, min_dist).astype(np.float32)
+
+
+def _pattern_mask(label, rng):
+    """Binary mask (SIZE, SIZE) of pattern ``label`` at a random rotation, period and offset."""
+    th, p = rng.uniform(0, math.pi), rng.uniform(5.0, 9.0)
+    ox, oy = rng.uniform(0, SIZE, 2)
+    X, Y = _XX - ox, _YY - oy
+    u = X * math.cos(th) + Y * math.sin(th)  # rotated coordinates: orientation carries no label
+    v = -X * math.sin(th) + Y * math.cos(th)
+    if label == 0:  # checkerboard
+        m = (np.floor(u / p) + np.floor(v / p)) % 2 == 1
+    elif label == 1:  # straight stripes
+        m = np.sin(2 * math.pi * u / p) > 0
+    elif label == 2:  # dot lattice
+        m = np.hypot(np.mod(u, p) - p / 2, np.mod(v, p) - p / 2) < 0.28 * p
+    elif label == 3:  # concentric rings
+        m = np.sin(2 * math.pi * np.hypot(X, Y) / p) > 0
+    elif label == 4:  # thin grid lines
+        m = (np.mod(u, p) < 1.6) | (np.mod(v, p) < 1.6)
+    elif label == 5:  # zigzag stripes
+        m = np.sin(2 * math.pi * (u + np.abs(np.mod(v / p, 1.0) - 0.5) * p) / p) > 0
+    elif label == 6:  # bricks
+        row = np.floor(v / (0.7 * p))
+        m = (np.mod(v, 0.7 * p) < 1.4) | (np.mod(u + 0.75 * p * (row % 2), 1.5 * p) < 1.4)
+    elif label == 7:  # sunburst rays
+        m = np.sin(int(rng.integers(5, 10)) * np.arctan2(Y, X)) > 0
+    elif label == 8:  # speckle (random 2x2 cells)
+        m = np.kron(rng.random((SIZE // 2, SIZE // 2)) < 0.5, np.ones((2, 2), bool))
+    else:  # wavy stripes
+        m = np.sin(2 * math.pi * (u + 0.3 * p * np.sin(2 * math.pi * v / (1.7 * p))) / p) > 0
+    return m.astype(np.float32)
+
+
+def gen_patterns(n, rng, split):
+    y = balanced_labels(n, 10, rng)
+    x = np.empty((n, SIZE, SIZE, 3), np.uint8)
+    for i, label in enumerate(y):
+        c1, c2 = _two_colours(rng)
+        m = _pattern_mask(int(label), rng)[..., None]
+        x[i] = _finish(c1 * m + c2 * (1 - m), rng, noise=12.0)
+    return x, y
+
+
+def _flag_regions(label, rng):
+    """Region index (0, 1 or 2) per pixel of flag layout ``label``; split lines jitter by +-2.5 px."""
+    j = lambda: rng.uniform(-2.5, 2.5)  # noqa: E731
+    X, Y, h = _XX, _YY, SIZE / 2
+    if label == 0:  # horizontal bicolour
+        r = Y > h + j()
+    elif label == 1:  # vertical bicolour
+        r = X > h + j()
+    elif label == 2:  # horizontal tricolour
+        return (Y > SIZE / 3 + j()).astype(int) + (Y > 2 * SIZE / 3 + j())
+    elif label == 3:  # vertical tricolour
+        return (X > SIZE / 3 + j()).astype(int) + (X > 2 * SIZE / 3 + j())
+    elif label == 4:  # diagonal split
+        r = X + Y > SIZE + j()
+    elif label == 5:  # Nordic cross
+        w = rng.uniform(3, 6)
+        r = (np.abs(X - 0.38 * SIZE - j()) < w / 2) | (np.abs(Y - h - j()) < w / 2)
+    elif label == 6:  # disc
+        r = np.hypot(X - h - j(), Y - h - j()) < rng.uniform(6, 10)
+    elif label == 7:  # canton (upper hoist rectangle)
+        r = (X < h + j()) & (Y < h + j())
+    elif label == 8:  # saltire
+        w = rng.uniform(2.5, 5)
+        r = (np.abs(X - Y) < w) | (np.abs(X + Y - SIZE) < w)
+    else:  # hoist triangle
+        r = X < (h + j()) * (1 - np.abs(Y - h) / h)
+    return r.astype(int)
+
+
+def gen_flags(n, rng, split):
+    y = balanced_labels(n, 10, rng)
+    x = np.empty((n, SIZE, SIZE, 3), np.uint8)
+    for i, label in enumerate(y):
+        c1, c2 = _two_colours(rng)
+        c3 = _contrasting(rng, c2).astype(np.float32)
+        palette = np.stack([c1, c2, c3])
+        x[i] = _finish(palette[_flag_regions(int(label), rng)], rng, noise=12.0)
+    return x, y
+
+
 TEXTURE_IMAGES = (
     "brick", "grass", "gravel", "moon", "coffee", "astronaut", "retina",
     "hubble_deep_field", "immunohistochemistry", "rocket",
@@ -362,16 +454,23 @@ def gen_colour(n, rng, split):
 
 
 TASK_GENERATORS: dict[str, tuple[int, Callable]] = {
-    "digits": (10, gen_digits),
     "letters": (10, gen_letters),
     "shapes": (10, gen_shapes),
     "orientation": (10, gen_orientation),
     "counting": (10, gen_counting),
     "texture": (10, gen_texture),
-    "position": (9, gen_position),
+    "flags": (10, gen_flags),
+    "patterns": (10, gen_patterns),
     "colour": (10, gen_colour),
+    "digits": (10, gen_digits),
+    "position": (9, gen_position),
 }
-TASKS: tuple[str, ...] = tuple(TASK_GENERATORS)
+# The default eight. ``digits`` and ``position`` stay available (``ZooConfig(tasks=...)``) but are
+# not in the default zoo: fine-tuned from the shipped base the ViT barely learns them in the
+# expert budget (+3.5 and +2.3 points at 250 steps, +6.5 and +2.5 at 500 steps at a 2.5x
+# learning rate, while a linear model on pixels reaches 62 % and 100 %), so they measured the
+# architecture's blind spots more than merging.
+TASKS: tuple[str, ...] = tuple(TASK_GENERATORS)[:8]
 TASK_CLASSES: dict[str, int] = {k: v[0] for k, v in TASK_GENERATORS.items()}
 
 

@@ -68,11 +68,11 @@ class PretrainRecipe:
 
 @dataclass(frozen=True)
 class FinetuneRecipe:
-    steps: int = 250
+    steps: int = 400
     batch_size: int = 32
     lr: float = 2e-4
     weight_decay: float = 0.0
-    warmup: int = 25
+    warmup: int = 40
     head_scale: float = 30.0  # s in logits = s * cos(f, p_k)
     shift: int = 1
     prototype_images: int = 500  # training images per task used to fit the prototypes
