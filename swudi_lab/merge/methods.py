@@ -270,7 +270,8 @@ def wudi(taus: torch.Tensor, *, name: str = "", lr: float | None = 1e-5, lr_rel:
 @register("closed_form", "closed form theta = D C^+ (filter f = 1; ill-posed)", spectral=True,
           params=[INIT, _scale(1.0)])
 def closed_form(taus: torch.Tensor, *, name: str = "", init: str = "sum", scale: float = 1.0):
-    """``theta = D C^+`` (eigenvalues floored at 1e-8); ``init`` has no effect with f = 1."""
+    """``theta = D C^+`` (numerical pseudoinverse: eigenvalues at or below ``max(1e-8, d eps
+    lambda_max)`` count as null); ``init`` has no effect with f = 1."""
     return spectral_layer(taus, lambda eig, D, n_live: (pseudoinverse(), {}), init=init, scale=scale)
 
 

@@ -18,9 +18,13 @@ which is the spectral estimator for the normal equation ``A^T A x = A^T b`` with
 Eigenvalues are clipped at 0 before the filter sees them. ``f / lambda`` is computed by
 :meth:`Filter.over_lambda`: filters that vanish like lambda at 0 (Landweber, exponential,
 Tikhonov, SWUDI) divide exactly (their limit at lambda = 0 is finite); the others
-(pseudoinverse, top-K) divide by ``max(lambda, floor)`` (floor 1e-8), never by round-off. Pass a precomputed
-:class:`Eig` / :class:`SVD` to sweep many filters
-for the cost of one decomposition.
+(pseudoinverse, top-K) treat eigenvalues at or below a tolerance as the null space (``f / lambda
+= 0`` there), never dividing by round-off. In :func:`spectral_estimate` the tolerance is
+``max(1e-8, d eps lambda_max)`` (``eps`` of the compute dtype: the numerical-rank tolerance of
+``torch.linalg.pinv`` and ``matrix_rank``). Without the relative part a rank-deficient C in
+float32 (one expert, or ``d_in > d_out``) has eigenvalues of order ``eps lambda_max`` that are pure
+round-off, and ``D q_k / lambda_k`` along them swamps the merge. Pass a precomputed
+:class:`Eig` / :class:`SVD` to sweep many filters for the cost of one decomposition.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ import torch
 
 from .filters import Filter
 
-__all__ = ["Eig", "SVD", "eigh", "svd", "check_normal_equation", "spectral_estimate", "filtered_solve"]
+__all__ = ["Eig", "SVD", "eigh", "svd", "check_normal_equation", "spectral_estimate", "filtered_solve",
+           "numerical_rank_tolerance"]
 
 EIGEN_FLOOR = 1e-8
 
@@ -119,6 +124,13 @@ def _factors(filt: Filter, lam: torch.Tensor) -> torch.Tensor:
     return f
 
 
+def numerical_rank_tolerance(lam: torch.Tensor) -> float:
+    """``d eps lambda_max`` for eigenvalues ``lam`` of a (d, d) PSD matrix: below it, round-off."""
+    if lam.numel() == 0:
+        return 0.0
+    return float(lam.numel() * torch.finfo(lam.dtype).eps * lam.max().clamp_min(0))
+
+
 def spectral_estimate(C, D, theta0, filt: Filter, *, eig: Eig | None = None,
                       floor: float = EIGEN_FLOOR, dtype=None) -> torch.Tensor:
     """``theta_f = theta0 (I - V F V^T) + D V diag(f / lambda) V^T`` for one filter.
@@ -128,7 +140,8 @@ def spectral_estimate(C, D, theta0, filt: Filter, *, eig: Eig | None = None,
         theta0: (d_out, d_in) start, or ``None`` for zeros.
         filt: a :class:`~swudi_lab.spectral.filters.Filter`.
         eig: precomputed ``eigh(C)`` (skips the decomposition; C is then only validated).
-        floor: eigenvalue floor for ``f / lambda`` (see :meth:`Filter.over_lambda`).
+        floor: absolute eigenvalue floor for ``f / lambda`` (see :meth:`Filter.over_lambda`);
+            the tolerance used is ``max(floor, d eps lambda_max)``, see the module docstring.
         dtype: compute dtype (default: C's).
 
     Returns the (d_out, d_in) estimate. Directions with ``f_k = 0`` are skipped entirely, so a
@@ -140,7 +153,8 @@ def spectral_estimate(C, D, theta0, filt: Filter, *, eig: Eig | None = None,
     lam, V = eig if eig is not None else eigh(C)
     lam, V = lam.to(C), V.to(C)
     f = _factors(filt, lam)  # the filter sees the whole spectrum (top-K ranks it)
-    f_over_lam = filt.over_lambda(lam, floor)  # f_k / lambda_k (may be > 0 where f_k = 0 = lambda_k)
+    tol = max(floor, numerical_rank_tolerance(lam))
+    f_over_lam = filt.over_lambda(lam, tol)  # f_k / lambda_k (may be > 0 where f_k = 0 = lambda_k)
     keep = (f != 0) | (f_over_lam != 0)
     f, Vk, f_over_lam = f[keep], V[:, keep], f_over_lam[keep]
     coeff = (D @ Vk) * f_over_lam  # D q_k f_k / lambda_k
@@ -159,7 +173,7 @@ def filtered_solve(A, b, filt: Filter, *, decomposition: SVD | None = None,
         filt: filter applied to ``lambda = sigma^2`` (eigenvalues of ``A^T A``).
         decomposition: precomputed :func:`svd` of A.
         floor: floor on ``sigma^2`` for ``f / sigma^2`` (default 1e-16): pseudoinverse-like
-            filters damp directions with sigma < 1e-8, which are at round-off level in float64;
+            filters drop directions with sigma <= 1e-8, which are at round-off level in float64;
             filters that vanish like lambda at 0 (Tikhonov, exponential, Landweber) stay exact.
 
     Returns x of shape (n,) or (n, k). ``pseudoinverse()`` gives the minimum-norm

@@ -88,14 +88,15 @@ class Filter:
 
         Filters with a finite ``slope0`` compute their factors without cancellation, so the
         division is exact for every ``lambda > 0`` and ``slope0`` is used at ``lambda = 0``.
-        Other filters divide by ``max(lambda, floor)`` (the eigenvalue floor of DESIGN.md: a
-        pseudoinverse-like filter must not divide by round-off).
+        Other filters (pseudoinverse, top-K) divide where ``lambda > floor`` and give 0 at or
+        below it: those directions are the numerical null space, as in a numerical pseudoinverse
+        (a pseudoinverse-like filter must never divide by round-off).
         """
         lam = lam.clamp_min(0)
         if self.over is not None:
             return self.over(lam, floor)
         if self.slope0 is None:
-            return self.fn(lam) / lam.clamp_min(floor)
+            return torch.where(lam > floor, self.fn(lam) / lam.clamp_min(floor), torch.zeros_like(lam))
         tiny = torch.finfo(lam.dtype).tiny
         return torch.where(lam > 0, self.fn(lam) / lam.clamp_min(tiny), torch.full_like(lam, self.slope0))
 

@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .estimator import EIGEN_FLOOR
+from .estimator import EIGEN_FLOOR, numerical_rank_tolerance
 
 __all__ = ["RANK_RULES", "choose_rank", "cumvar"]
 
@@ -126,12 +126,12 @@ def gavish_donoho(lam: torch.Tensor, aspect: float | None = None, **context) -> 
 
 
 def _gain(lam: torch.Tensor, rhs_energy: torch.Tensor | None, rule: str, required: bool):
-    """``g_k = rhs_energy_k / lambda_k`` on directions above the estimator's floor (others 0)."""
+    """``g_k = rhs_energy_k / lambda_k`` on directions above the estimator's tolerance (others 0)."""
     if rhs_energy is None:
         if required:
             raise ValueError(f"rank rule {rule!r} needs rhs_energy (rhs_energy[k] = ||D q_k||^2)")
         return lam.clone(), None
-    live = lam > EIGEN_FLOOR  # numerically null directions carry no fit and no norm
+    live = lam > max(EIGEN_FLOOR, numerical_rank_tolerance(lam))  # numerically null: no fit and no norm
     safe = torch.where(live, lam, torch.ones_like(lam))
     g = torch.where(live, rhs_energy / safe, torch.zeros_like(lam))
     h = torch.where(live, rhs_energy / safe**2, torch.zeros_like(lam))
@@ -144,7 +144,7 @@ def wudi_risk(lam: torch.Tensor, rhs_energy: torch.Tensor | None = None, **conte
     ``g_k = ||D q_k||^2 / lambda_k`` (proxy fit left undone when direction k is dropped) and
     ``h_k = ||D q_k||^2 / lambda_k^2`` (relative squared solution norm when it is kept); both
     terms are scale-free. Needs ``rhs_energy[k] = ||D q_k||^2``. Directions with
-    ``lambda_k <= 1e-8`` (the estimator's floor) count as null. Ties pick the smallest K.
+    ``lambda_k <= max(1e-8, d eps lambda_max)`` (the estimator's tolerance) count as null. Ties pick the smallest K.
     """
     g, h = _gain(lam, rhs_energy, "wudi_risk", required=True)
     if g.sum() <= 0:
