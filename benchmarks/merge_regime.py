@@ -1,0 +1,146 @@
+"""Which regime a zoo's merges live in: share of the experts' gain kept against the number of
+tasks merged, and against a global scale on the merged task vector.
+
+* **Number of tasks.** Interference grows with N: with N = 1 every method of the registry
+  returns the expert itself (the closed form ``D C^+`` is ``tau`` projected on its own row space,
+  i.e. ``tau``), and each added task vector takes room in the same layers. Random subsets of N
+  tasks are merged.
+* **Scale.** Every method but ``average`` has a ``scale`` parameter multiplying the merged task
+  vector (``theta0 + scale * (theta - theta0)``, DESIGN.md). WUDI's loss and its filters keep each
+  expert's task vector at full size along its own directions; task arithmetic's paper scale is
+  0.3 (of the sum) and averaging is task arithmetic at 1/N. If shrinking the spectral merges helps,
+  the zoo's experts are in a regime where the full task vectors do not add up (interference-limited).
+
+Both tables report the share of the gain kept,
+
+    recovered = (acc_merged - acc_base) / (acc_expert - acc_base)      (mean over the merged tasks)
+
+next to the usual normalized accuracy ``acc_merged / acc_expert``, which the base's own accuracy
+inflates (a merge that returns the base scores ``acc_base / acc_expert``, not 0).
+
+    python benchmarks/merge_regime.py --seed 0 --sizes 1 2 4 8 --subsets 3 --scales 0.125 0.25 0.5 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from swudi_lab.demo import PAPER_KAPPA_IWUDI, PAPER_KAPPA_SWUDI  # noqa: E402
+from swudi_lab.evaluate import average_accuracy, evaluate_backbone, normalized_accuracy  # noqa: E402
+from swudi_lab.merge import merge  # noqa: E402
+
+RUNS = {  # label: (registry method, parameters); the spectral times scale-matched through kappa
+    "average": ("average", {}),
+    "task_arithmetic": ("task_arithmetic", {}),
+    "closed_form": ("closed_form", {}),
+    f"iwudi (kappa={PAPER_KAPPA_IWUDI:.3g})": ("iwudi", {"kappa": PAPER_KAPPA_IWUDI}),
+    f"swudi (kappa={PAPER_KAPPA_SWUDI:.3g})": ("swudi", {"kappa": PAPER_KAPPA_SWUDI}),
+    "swudi_a": ("swudi_a", {}),
+}
+
+
+def subsets(tasks, size: int, count: int, seed: int = 0) -> list[tuple[str, ...]]:
+    """``count`` distinct random subsets of ``size`` tasks (all of them when there are fewer)."""
+    every = list(itertools.combinations(tasks, size))
+    if len(every) <= count:
+        return every
+    pick = np.random.default_rng(seed).choice(len(every), size=count, replace=False)
+    return [every[i] for i in sorted(pick)]
+
+
+def recovered_gain(merged: dict, base: dict, expert: dict) -> float:
+    """Mean over tasks of ``(merged - base) / (expert - base)`` in percent (tasks without gain skipped)."""
+    shares = [(merged[t] - base[t]) / (expert[t] - base[t]) for t in merged if expert[t] - base[t] > 0]
+    return 100.0 * float(np.mean(shares)) if shares else float("nan")
+
+
+class _Scorer:
+    """Test data, base and expert accuracies of one zoo, and one merge-and-score call."""
+
+    def __init__(self, zoo, images, device):
+        self.zoo, self.device = zoo, device
+        self.data = zoo.test_data(max_per_task=images)
+        self.base = zoo.base_state_dict()
+        self.base_acc = evaluate_backbone(self.base, zoo, self.data, device=device)
+        self.expert_acc = {t: evaluate_backbone(zoo.expert_state_dict(t), zoo, {t: self.data[t]}, device=device)[t]
+                           for t in zoo.tasks}
+
+    def __call__(self, experts: dict, method: str, params: dict) -> dict:
+        t0 = time.perf_counter()
+        state = merge(self.base, experts, method, device=self.device, progress=False, **params).state_dict
+        seconds = time.perf_counter() - t0
+        acc = evaluate_backbone(state, self.zoo, {t: self.data[t] for t in experts}, device=self.device)
+        return {"tasks": list(experts), "avg_acc": average_accuracy(acc), "norm_acc": normalized_accuracy(acc, self.expert_acc),
+                "recovered": recovered_gain(acc, self.base_acc, self.expert_acc), "seconds": seconds}
+
+
+def run_sizes(zoo, sizes=(1, 2, 4, 8), n_subsets: int = 3, images: int | None = 300, runs=RUNS, device="cpu",
+              log=print) -> list[dict]:
+    """One row per (size, subset, method)."""
+    score, rows = _Scorer(zoo, images, device), []
+    for size in sizes:
+        for subset in subsets(zoo.tasks, size, n_subsets):
+            experts = {t: zoo.expert_state_dict(t) for t in subset}
+            rows += [{"size": size, "method": label, **score(experts, m, p)} for label, (m, p) in runs.items()]
+            log(f"N={size} {'+'.join(subset)} done")
+    return rows
+
+
+def run_scales(zoo, scales=(0.125, 0.25, 0.5, 1.0), images: int | None = 300, runs=RUNS, device="cpu",
+               log=print) -> list[dict]:
+    """One row per (scale, method) on all the zoo's tasks; ``average`` (no scale) is skipped."""
+    score, rows = _Scorer(zoo, images, device), []
+    experts = {t: zoo.expert_state_dict(t) for t in zoo.tasks}
+    for s in scales:
+        rows += [{"scale": s, "method": label, **score(experts, m, {**p, "scale": s})}
+                 for label, (m, p) in runs.items() if m != "average"]
+        log(f"scale={s:g} done")
+    return rows
+
+
+def table(rows: list[dict], column: str = "size") -> str:
+    """Mean over rows of the recovered gain (and normalized accuracy): one line per method, one column per ``column`` value."""
+    values = sorted({r[column] for r in rows})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    head = f"{'method':<24s}" + "".join(f"{f'{column}={v:g}':>18s}" for v in values)
+    lines = ["recovered gain % (normalized accuracy %)" + (", mean over subsets" if column == "size" else ""),
+             head, "-" * len(head)]
+    for m in methods:
+        cells = []
+        for v in values:
+            sel = [r for r in rows if r["method"] == m and r[column] == v]
+            rec, norm = np.mean([r["recovered"] for r in sel]), np.mean([r["norm_acc"] for r in sel])
+            cells.append(f"{rec:8.1f} ({norm:5.1f})")
+        lines.append(f"{m:<24s}" + "".join(f"{c:>18s}" for c in cells))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seed", type=int, default=0, help="zoo expert seed")
+    p.add_argument("--root", default=None, help="zoo cache directory (default: data/zoo)")
+    p.add_argument("--sizes", type=float, nargs="*", default=[1, 2, 4, 8], help="numbers of tasks (none: skip)")
+    p.add_argument("--subsets", type=int, default=3, help="random task subsets per size")
+    p.add_argument("--scales", type=float, nargs="*", default=[0.125, 0.25, 0.5, 1.0], help="scales (none: skip)")
+    p.add_argument("--images", type=int, default=300, help="test images per task (0: the whole split)")
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args(argv)
+    from swudi_lab.zoo import build_zoo
+
+    zoo = build_zoo(a.root, seed=a.seed) if a.root else build_zoo(seed=a.seed)
+    if a.sizes:
+        print(table(run_sizes(zoo, [int(n) for n in a.sizes], a.subsets, a.images or None, device=a.device), "size"))
+    if a.scales:
+        print(table(run_scales(zoo, a.scales, a.images or None, device=a.device), "scale"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""benchmarks/merge_regime.py on a micro zoo: subsets, the recovered-gain measure, N = 1 and scale identities."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from swudi_lab.zoo import ZooConfig, build_zoo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_recovered_gain_is_zero_at_the_base_and_100_at_the_experts():
+    mvt = _load("merge_regime")
+    base, expert = {"a": 40.0, "b": 20.0, "c": 50.0}, {"a": 80.0, "b": 60.0, "c": 50.0}
+    assert mvt.recovered_gain(dict(base), base, expert) == 0.0
+    assert mvt.recovered_gain(dict(expert), base, expert) == 100.0
+    assert mvt.recovered_gain({"a": 60.0, "b": 30.0, "c": 10.0}, base, expert) == pytest.approx(37.5)  # c has no gain
+
+
+def test_subsets_are_distinct_and_of_the_right_size():
+    mvt = _load("merge_regime")
+    tasks = [f"t{i}" for i in range(8)]
+    picked = mvt.subsets(tasks, 4, 5)
+    assert len(picked) == len(set(picked)) == 5 and all(len(s) == 4 for s in picked)
+    assert mvt.subsets(tasks, 8, 3) == [tuple(tasks)]  # only one subset of size 8 exists
+
+
+def test_one_expert_merges_to_itself_and_average_is_task_arithmetic_at_one_over_n(tmp_path):
+    mr = _load("merge_regime")
+    zoo = build_zoo(tmp_path, seed=0, config=ZooConfig.micro(), progress=False)
+    rows = mr.run_sizes(zoo, sizes=(1, 3), n_subsets=1, images=None, log=lambda _: None)
+    assert {(r["size"], r["method"]) for r in rows} == {(n, m) for n in (1, 3) for m in mr.RUNS}
+    expert = zoo.expert_accuracy
+    for r in rows:
+        if r["size"] == 1 and r["method"] in ("average", "closed_form"):
+            (task,) = r["tasks"]
+            assert r["avg_acc"] == pytest.approx(expert[task], abs=1e-9), r
+    assert "size=1" in mr.table(rows, "size") and "size=3" in mr.table(rows, "size")
+    scaled = mr.run_scales(zoo, scales=(1 / 3, 1.0), images=None, log=lambda _: None)
+    assert {r["method"] for r in scaled} == set(mr.RUNS) - {"average"}
+    (avg3,) = [r for r in rows if r["size"] == 3 and r["method"] == "average"]
+    (ta3,) = [r for r in scaled if r["scale"] == 1 / 3 and r["method"] == "task_arithmetic"]
+    assert ta3["avg_acc"] == pytest.approx(avg3["avg_acc"], abs=1e-9)  # averaging is task arithmetic at 1/N
+    assert "scale=1" in mr.table(scaled, "scale")
