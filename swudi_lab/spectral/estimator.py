@@ -124,11 +124,12 @@ def _factors(filt: Filter, lam: torch.Tensor) -> torch.Tensor:
     return f
 
 
-def numerical_rank_tolerance(lam: torch.Tensor) -> float:
-    """``d eps lambda_max`` for eigenvalues ``lam`` of a (d, d) PSD matrix: below it, round-off."""
+def numerical_rank_tolerance(lam: torch.Tensor, floor: float = EIGEN_FLOOR) -> float:
+    """``max(floor, d eps lambda_max)`` for eigenvalues ``lam`` of a (d, d) PSD matrix: at or below
+    it an eigenvalue is round-off (the numerical null space)."""
     if lam.numel() == 0:
-        return 0.0
-    return float(lam.numel() * torch.finfo(lam.dtype).eps * lam.max().clamp_min(0))
+        return floor
+    return max(floor, float(lam.numel() * torch.finfo(lam.dtype).eps * lam.max().clamp_min(0)))
 
 
 def spectral_estimate(C, D, theta0, filt: Filter, *, eig: Eig | None = None,
@@ -153,8 +154,7 @@ def spectral_estimate(C, D, theta0, filt: Filter, *, eig: Eig | None = None,
     lam, V = eig if eig is not None else eigh(C)
     lam, V = lam.to(C), V.to(C)
     f = _factors(filt, lam)  # the filter sees the whole spectrum (top-K ranks it)
-    tol = max(floor, numerical_rank_tolerance(lam))
-    f_over_lam = filt.over_lambda(lam, tol)  # f_k / lambda_k (may be > 0 where f_k = 0 = lambda_k)
+    f_over_lam = filt.over_lambda(lam, numerical_rank_tolerance(lam, floor))  # f_k / lambda_k (may be > 0 where f_k = 0 = lambda_k)
     keep = (f != 0) | (f_over_lam != 0)
     f, Vk, f_over_lam = f[keep], V[:, keep], f_over_lam[keep]
     coeff = (D @ Vk) * f_over_lam  # D q_k f_k / lambda_k

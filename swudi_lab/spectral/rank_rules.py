@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .estimator import EIGEN_FLOOR, numerical_rank_tolerance
+from .estimator import numerical_rank_tolerance
 
 __all__ = ["RANK_RULES", "choose_rank", "cumvar"]
 
@@ -131,7 +131,7 @@ def _gain(lam: torch.Tensor, rhs_energy: torch.Tensor | None, rule: str, require
         if required:
             raise ValueError(f"rank rule {rule!r} needs rhs_energy (rhs_energy[k] = ||D q_k||^2)")
         return lam.clone(), None
-    live = lam > max(EIGEN_FLOOR, numerical_rank_tolerance(lam))  # numerically null: no fit and no norm
+    live = lam > numerical_rank_tolerance(lam)  # numerically null directions carry no fit and no norm
     safe = torch.where(live, lam, torch.ones_like(lam))
     g = torch.where(live, rhs_energy / safe, torch.zeros_like(lam))
     h = torch.where(live, rhs_energy / safe**2, torch.zeros_like(lam))
