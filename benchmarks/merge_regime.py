@@ -62,45 +62,43 @@ def recovered_gain(merged: dict, base: dict, expert: dict) -> float:
     return 100.0 * float(np.mean(shares)) if shares else float("nan")
 
 
-class _Scorer:
-    """Test data, base and expert accuracies of one zoo, and one merge-and-score call."""
+class Scorer:
+    """One zoo's test data, base and experts (loaded once), their accuracies, and merge-and-score."""
 
-    def __init__(self, zoo, images, device):
+    def __init__(self, zoo, images: int | None = 300, device="cpu"):
         self.zoo, self.device = zoo, device
         self.data = zoo.test_data(max_per_task=images)
         self.base = zoo.base_state_dict()
+        self.experts = {t: zoo.expert_state_dict(t) for t in zoo.tasks}
         self.base_acc = evaluate_backbone(self.base, zoo, self.data, device=device)
-        self.expert_acc = {t: evaluate_backbone(zoo.expert_state_dict(t), zoo, {t: self.data[t]}, device=device)[t]
-                           for t in zoo.tasks}
+        self.expert_acc = {t: evaluate_backbone(e, zoo, {t: self.data[t]}, device=device)[t] for t, e in self.experts.items()}
 
-    def __call__(self, experts: dict, method: str, params: dict) -> dict:
+    def __call__(self, tasks, method: str, params: dict) -> dict:
+        """Merge the experts of ``tasks`` with a registry method; score the merge on those tasks."""
+        experts = {t: self.experts[t] for t in tasks}
         t0 = time.perf_counter()
         state = merge(self.base, experts, method, device=self.device, progress=False, **params).state_dict
         seconds = time.perf_counter() - t0
-        acc = evaluate_backbone(state, self.zoo, {t: self.data[t] for t in experts}, device=self.device)
-        return {"tasks": list(experts), "avg_acc": average_accuracy(acc), "norm_acc": normalized_accuracy(acc, self.expert_acc),
+        acc = evaluate_backbone(state, self.zoo, {t: self.data[t] for t in tasks}, device=self.device)
+        return {"tasks": list(tasks), "avg_acc": average_accuracy(acc), "norm_acc": normalized_accuracy(acc, self.expert_acc),
                 "recovered": recovered_gain(acc, self.base_acc, self.expert_acc), "seconds": seconds}
 
 
-def run_sizes(zoo, sizes=(1, 2, 4, 8), n_subsets: int = 3, images: int | None = 300, runs=RUNS, device="cpu",
-              log=print) -> list[dict]:
+def run_sizes(score: Scorer, sizes=(1, 2, 4, 8), n_subsets: int = 3, runs=RUNS, log=print) -> list[dict]:
     """One row per (size, subset, method)."""
-    score, rows = _Scorer(zoo, images, device), []
+    rows = []
     for size in sizes:
-        for subset in subsets(zoo.tasks, size, n_subsets):
-            experts = {t: zoo.expert_state_dict(t) for t in subset}
-            rows += [{"size": size, "method": label, **score(experts, m, p)} for label, (m, p) in runs.items()]
+        for subset in subsets(score.zoo.tasks, size, n_subsets):
+            rows += [{"size": size, "method": label, **score(subset, m, p)} for label, (m, p) in runs.items()]
             log(f"N={size} {'+'.join(subset)} done")
     return rows
 
 
-def run_scales(zoo, scales=(0.125, 0.25, 0.5, 1.0), images: int | None = 300, runs=RUNS, device="cpu",
-               log=print) -> list[dict]:
+def run_scales(score: Scorer, scales=(0.125, 0.25, 0.5, 1.0), runs=RUNS, log=print) -> list[dict]:
     """One row per (scale, method) on all the zoo's tasks; ``average`` (no scale) is skipped."""
-    score, rows = _Scorer(zoo, images, device), []
-    experts = {t: zoo.expert_state_dict(t) for t in zoo.tasks}
+    rows = []
     for s in scales:
-        rows += [{"scale": s, "method": label, **score(experts, m, {**p, "scale": s})}
+        rows += [{"scale": s, "method": label, **score(score.zoo.tasks, m, {**p, "scale": s})}
                  for label, (m, p) in runs.items() if m != "average"]
         log(f"scale={s:g} done")
     return rows
@@ -127,7 +125,7 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seed", type=int, default=0, help="zoo expert seed")
     p.add_argument("--root", default=None, help="zoo cache directory (default: data/zoo)")
-    p.add_argument("--sizes", type=float, nargs="*", default=[1, 2, 4, 8], help="numbers of tasks (none: skip)")
+    p.add_argument("--sizes", type=int, nargs="*", default=[1, 2, 4, 8], help="numbers of tasks (none: skip)")
     p.add_argument("--subsets", type=int, default=3, help="random task subsets per size")
     p.add_argument("--scales", type=float, nargs="*", default=[0.125, 0.25, 0.5, 1.0], help="scales (none: skip)")
     p.add_argument("--images", type=int, default=300, help="test images per task (0: the whole split)")
@@ -136,11 +134,11 @@ def main(argv=None) -> None:
     from swudi_lab.zoo import build_zoo
 
     zoo = build_zoo(a.root, seed=a.seed) if a.root else build_zoo(seed=a.seed)
+    score = Scorer(zoo, a.images or None, a.device)
     if a.sizes:
-        print(table(run_sizes(zoo, [int(n) for n in a.sizes], a.subsets, a.images or None, device=a.device), "size"))
+        print(table(run_sizes(score, a.sizes, a.subsets), "size"))
     if a.scales:
-        print(table(run_scales(zoo, a.scales, a.images or None, device=a.device), "scale"))
-
+        print(table(run_scales(score, a.scales), "scale"))
 
 if __name__ == "__main__":
     main()

@@ -36,7 +36,8 @@ def test_subsets_are_distinct_and_of_the_right_size():
 def test_one_expert_merges_to_itself_and_average_is_task_arithmetic_at_one_over_n(tmp_path):
     mr = _load("merge_regime")
     zoo = build_zoo(tmp_path, seed=0, config=ZooConfig.micro(), progress=False)
-    rows = mr.run_sizes(zoo, sizes=(1, 3), n_subsets=1, images=None, log=lambda _: None)
+    score = mr.Scorer(zoo, images=None)
+    rows = mr.run_sizes(score, sizes=(1, 3), n_subsets=1, log=lambda _: None)
     assert {(r["size"], r["method"]) for r in rows} == {(n, m) for n in (1, 3) for m in mr.RUNS}
     expert = zoo.expert_accuracy
     for r in rows:
@@ -44,7 +45,7 @@ def test_one_expert_merges_to_itself_and_average_is_task_arithmetic_at_one_over_
             (task,) = r["tasks"]
             assert r["avg_acc"] == pytest.approx(expert[task], abs=1e-9), r
     assert "size=1" in mr.table(rows, "size") and "size=3" in mr.table(rows, "size")
-    scaled = mr.run_scales(zoo, scales=(1 / 3, 1.0), images=None, log=lambda _: None)
+    scaled = mr.run_scales(score, scales=(1 / 3, 1.0), log=lambda _: None)
     assert {r["method"] for r in scaled} == set(mr.RUNS) - {"average"}
     (avg3,) = [r for r in rows if r["size"] == 3 and r["method"] == "average"]
     (ta3,) = [r for r in scaled if r["scale"] == 1 / 3 and r["method"] == "task_arithmetic"]
