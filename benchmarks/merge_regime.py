@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from swudi_lab.demo import PAPER_KAPPA_IWUDI, PAPER_KAPPA_SWUDI  # noqa: E402
-from swudi_lab.evaluate import average_accuracy, evaluate_backbone, normalized_accuracy  # noqa: E402
+from swudi_lab.evaluate import average_accuracy, evaluate_backbone, normalized_accuracy, recovered_gain  # noqa: E402
 from swudi_lab.merge import merge  # noqa: E402
 
 RUNS = {  # label: (registry method, parameters); the spectral times scale-matched through kappa
@@ -54,12 +54,6 @@ def subsets(tasks, size: int, count: int, seed: int = 0) -> list[tuple[str, ...]
         return every
     pick = np.random.default_rng(seed).choice(len(every), size=count, replace=False)
     return [every[i] for i in sorted(pick)]
-
-
-def recovered_gain(merged: dict, base: dict, expert: dict) -> float:
-    """Mean over tasks of ``(merged - base) / (expert - base)`` in percent (tasks without gain skipped)."""
-    shares = [(merged[t] - base[t]) / (expert[t] - base[t]) for t in merged if expert[t] - base[t] > 0]
-    return 100.0 * float(np.mean(shares)) if shares else float("nan")
 
 
 class Scorer:

@@ -6,7 +6,10 @@ A merged backbone ``theta`` is scored on every task ``i`` with *that task's own 
 * ``acc_i``                 -- top-1 accuracy in percent,
 * ``average``               -- ``mean_i acc_i``,
 * ``normalized accuracy``   -- ``mean_i (acc_i(merged) / acc_i(expert_i))`` in percent,
-  where ``expert_i`` is the fine-tuned expert evaluated on its own task.
+  where ``expert_i`` is the fine-tuned expert evaluated on its own task,
+* ``recovered gain``        -- ``mean_i (acc_i(merged) - acc_i(base)) / (acc_i(expert_i) - acc_i(base))``
+  in percent: the share of the experts' gain a merge keeps (0 for the base, 100 for the experts;
+  normalized accuracy credits the base with ``acc(base) / acc(expert)``).
 
 Reference rows: the base backbone with the task heads (``zoo.base``) and each expert on its own
 task (``expert_accuracies``).
@@ -46,6 +49,7 @@ __all__ = [
     "evaluate_experts",
     "average_accuracy",
     "normalized_accuracy",
+    "recovered_gain",
     "mean_std",
     "reference_rows",
     "summarize_seeds",
@@ -315,6 +319,12 @@ def normalized_accuracy(merged: Mapping[str, float], expert: Mapping[str, float]
         raise ValueError(f"no expert accuracy for tasks {sorted(missing)}")
     ratios = {t: 100.0 * merged[t] / expert[t] if expert[t] > 0 else float("nan") for t in merged}
     return ratios if per_task else average_accuracy(ratios)
+
+
+def recovered_gain(merged: Mapping[str, float], base: Mapping[str, float], expert: Mapping[str, float]) -> float:
+    """``mean_t (merged_t - base_t) / (expert_t - base_t)`` in percent, over tasks whose expert gained."""
+    shares = [(merged[t] - base[t]) / (expert[t] - base[t]) for t in merged if expert[t] - base[t] > 0]
+    return 100.0 * float(np.mean(shares)) if shares else float("nan")
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:

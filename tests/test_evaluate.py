@@ -11,6 +11,7 @@ from swudi_lab.evaluate import (
     mean_std,
     measure,
     normalized_accuracy,
+    recovered_gain,
 )
 
 
@@ -85,3 +86,11 @@ def test_normalized_and_average_accuracy():
     mu, sd = mean_std([1.0, 2.0, 3.0])
     assert mu == 2.0 and sd == pytest.approx(1.0)
     assert mean_std([5.0]) == (5.0, 0.0)
+
+
+def test_recovered_gain_is_zero_at_the_base_and_100_at_the_experts():
+    base, expert = {"a": 40.0, "b": 20.0, "c": 50.0}, {"a": 80.0, "b": 60.0, "c": 50.0}
+    assert recovered_gain(dict(base), base, expert) == 0.0
+    assert recovered_gain(dict(expert), base, expert) == 100.0
+    assert recovered_gain({"a": 60.0, "b": 30.0, "c": 10.0}, base, expert) == pytest.approx(37.5)  # c has no gain
+    assert recovered_gain({"a": 20.0}, base, expert) == pytest.approx(-50.0)  # below the base: negative

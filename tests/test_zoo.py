@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import swudi_lab  # noqa: F401
-from swudi_lab.evaluate import average_accuracy, evaluate_backbone, normalized_accuracy
+from swudi_lab.evaluate import average_accuracy, evaluate_backbone, normalized_accuracy, recovered_gain
+from swudi_lab.merge import merge
 from swudi_lab.zoo import (
     DATA_DIR,
     TASK_CLASSES,
@@ -90,6 +91,22 @@ def test_micro_zoo_build_merge_evaluate(micro):
     assert set(acc) == set(zoo.tasks) and all(0 <= a <= 100 for a in acc.values())
     assert np.isfinite(normalized_accuracy(acc, zoo.expert_accuracy)) or min(zoo.expert_accuracy.values()) == 0
     assert 0 <= average_accuracy(acc) <= 100
+
+
+def test_manifest_merge_check_is_reproduced_by_the_registry(micro):
+    """The build's merge target: re-merging with the recorded method and parameters gives the
+    recorded accuracies, and the target fields follow from them."""
+    _, zoo = micro
+    m = zoo.manifest
+    base, experts = zoo.base_state_dict(), {t: zoo.expert_state_dict(t) for t in zoo.tasks}
+    for label, row in m["merges"].items():
+        state = merge(base, experts, row["method"], device="cpu", progress=False, **row["params"]).state_dict
+        acc = evaluate_backbone(state, zoo)
+        assert acc == pytest.approx(row["per_task"]), label
+        assert row["recovered"] == pytest.approx(recovered_gain(acc, m["accuracy"]["base"], m["accuracy"]["expert"]), nan_ok=True)
+    t = m["targets"]
+    assert t["best_recovered"] == pytest.approx(np.nanmax([r["recovered"] for r in m["merges"].values()]), nan_ok=True)
+    assert t["merge_met"] == (t["best_recovered"] >= t["min_recovered"])
 
 
 def test_build_is_deterministic_and_reuses_the_cache(micro, tmp_path):
