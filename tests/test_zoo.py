@@ -169,6 +169,24 @@ def test_shipped_base_with_wrong_hash_is_refused(tmp_path):
     assert not (tmp_path / "zoo" / "seed0").exists()
 
 
+def test_cache_built_on_a_replaced_base_is_stale(tmp_path):
+    """A base rebuilt under the same name (new weights, new recipe hash) invalidates the experts."""
+    cfg = ZooConfig.micro(pretrained=_fake_pretrained(tmp_path, ZooConfig.micro()))
+    zoo = build_zoo(tmp_path / "zoo", 0, cfg, progress=False)
+    old = zoo.manifest["pretrained"]["sha256"]
+    sd = {k: v.contiguous() for k, v in make_backbone(cfg.backbone, seed=8).state_dict().items()}
+    save_file(sd, str(tmp_path / "fake_base.safetensors"))
+    from swudi_lab.zoo.build import sha256_file
+
+    new = sha256_file(tmp_path / "fake_base.safetensors")
+    (tmp_path / "fake_base.json").write_text(json.dumps({"name": "fake_base", "sha256": new}))
+    with pytest.raises(ZooCacheError, match="another pretrained base"):
+        load_zoo(tmp_path / "zoo", 0, config=cfg)
+    with pytest.warns(UserWarning, match="rebuilding"):
+        rebuilt = build_zoo(tmp_path / "zoo", 0, cfg, progress=False)
+    assert rebuilt.manifest["pretrained"]["sha256"] == new != old
+
+
 def test_release_pack_round_trip(tmp_path):
     cfg = ZooConfig.micro(pretrained=_fake_pretrained(tmp_path, ZooConfig.micro()))
     zoo = build_zoo(tmp_path / "zoo", 0, cfg, progress=False)

@@ -274,6 +274,13 @@ def _verify_dir(directory: Path, config: ZooConfig | None = None) -> dict:
         raise ZooCacheError(
             f"zoo cache {directory} was built with another config (key {manifest.get('config_key')} != {config.key()})"
         )
+    if config is not None and config.pretrained is not None:  # same name, other weights: the base was rebuilt
+        recipe = _pretrained_paths(config.pretrained)[1]
+        want = json.loads(recipe.read_text()).get("sha256") if recipe.is_file() else None
+        got = (manifest.get("pretrained") or {}).get("sha256")
+        if want is not None and got != want:
+            raise ZooCacheError(f"zoo cache {directory} was built on another pretrained base "
+                                f"(sha256 {str(got)[:12]}... != {recipe.name} {want[:12]}...)")
     return manifest
 
 
