@@ -247,15 +247,16 @@ def test_shipped_seed0_release_is_intact(tmp_path):
         pytest.skip("no shipped release pack")
     zoo = load_zoo(tmp_path, 0)  # materializes from the shipped pack and verifies every hash
     m = zoo.manifest
-    assert len(zoo.tasks) == 8 and set(m["targets"]) >= {"avg_gain", "mean_ratio", "gain_met", "ratio_met"}
+    assert len(zoo.tasks) == 8 and set(m["targets"]) >= {"avg_gain", "mean_ratio", "gain_met", "ratio_met", "merge_met"}
     assert m["pretrained"]["sha256"] == json.loads((DATA_DIR / "pretrained" / f"{m['pretrained']['name']}.json").read_text())["sha256"]
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: the shipped seed-0 experts gain +29.5 points over "
-                   "base-with-heads, short of the issue's +30 (task vectors 9.6 % of the weights' RMS); see its manifest")
+@pytest.mark.xfail(strict=True, reason="known gap: the shipped seed-0 experts gain +28.0 points over base-with-heads "
+                   "(target +30; task vectors 7.8 % of the weights' RMS, within target) and the best spectral merge of "
+                   "all eight keeps 9 % of that gain (target 50 %); see its manifest and the README")
 def test_shipped_seed0_meets_the_targets():
     rel = DATA_DIR / "zoo_release" / "seed0" / "manifest.json"
     if not rel.exists():
         pytest.skip("no shipped release pack")
     t = json.loads(rel.read_text())["targets"]
-    assert t["gain_met"] and t["ratio_met"], t
+    assert t["gain_met"] and t["ratio_met"] and t["merge_met"], t

@@ -58,7 +58,7 @@ __all__ = [
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 ZOO_ROOT = DATA_DIR / "zoo"  # default cache, independent of the current directory
-DEFAULT_PRETRAINED = "vit_p4_w128_d4_mix48"
+DEFAULT_PRETRAINED = "vit_p4_w128_d4_mix48_long"
 FORMAT = "swudi_lab.zoo/1"
 TARGET_MIN_GAIN = 30.0  # points, experts over base-with-heads, averaged over tasks
 TARGET_RATIO = (0.01, 0.10)  # ||tau||_F / ||W0||_F over the 2-D weights: "a few percent"
@@ -381,18 +381,16 @@ def _evaluate(backbone_state, make, heads, data, tasks, device="cpu") -> dict:
 
 
 def _merge_check(base, experts, make, heads, data, tasks, base_acc, expert_acc, device="cpu") -> dict:
-    """Merge all the experts with the paper's spectral methods (scale-matched kappa) and score them.
+    """Merge all the experts with the paper's two methods (SWUDI at scale-matched kappa, SWUDI-A); score them.
 
     Returns ``label -> {"method", "params", "avg_acc", "norm_acc", "recovered", "per_task"}``
     (``recovered``: share of the experts' gain kept, :func:`~swudi_lab.evaluate.recovered_gain`).
     """
-    from swudi_lab.demo import PAPER_KAPPA_IWUDI, PAPER_KAPPA_SWUDI  # here: the demo imports the zoo
+    from swudi_lab.demo import PAPER_KAPPA_SWUDI  # here: the demo imports the zoo
     from swudi_lab.evaluate import average_accuracy, normalized_accuracy, recovered_gain
     from swudi_lab.merge import merge
 
-    runs = {f"iwudi (kappa={PAPER_KAPPA_IWUDI:.3g})": ("iwudi", {"kappa": PAPER_KAPPA_IWUDI}),
-            f"swudi (kappa={PAPER_KAPPA_SWUDI:.3g})": ("swudi", {"kappa": PAPER_KAPPA_SWUDI}),
-            "swudi_a": ("swudi_a", {})}
+    runs = {f"swudi (kappa={PAPER_KAPPA_SWUDI:.3g})": ("swudi", {"kappa": PAPER_KAPPA_SWUDI}), "swudi_a": ("swudi_a", {})}
     out = {}
     for label, (method, params) in runs.items():
         state = merge(base, experts, method, device=device, progress=False, **params).state_dict
@@ -416,7 +414,7 @@ def build_zoo(root=ZOO_ROOT, seed: int = 0, config: ZooConfig | None = None, pro
     Steps: load the shipped base (hash-checked; random init when ``config.pretrained`` is None),
     fit the prototype heads on the base, fine-tune one expert per task (whole backbone, frozen
     head, expert seed ``seed``), evaluate base-with-heads and experts on the test splits, merge
-    all experts with iwudi, SWUDI and SWUDI-A (scale-matched kappa) and score the merges, and
+    all experts with SWUDI (scale-matched kappa) and SWUDI-A and score the merges, and
     record the task-vector ratios ``||tau||_F / ||W0||_F`` and the three targets (gain, ratio,
     share of the gain the best spectral merge keeps).
     """
