@@ -5,7 +5,8 @@ Layout written by :func:`build_zoo` (``root`` defaults to ``data/zoo``, git-igno
     <root>/seed<k>/base.safetensors            backbone state dict of the pretrained base (float32)
     <root>/seed<k>/experts/<task>.safetensors  fine-tuned backbones, W_i = W_0 + tau_i (float32)
     <root>/seed<k>/heads.safetensors           fixed prototype heads: <task>.weight (K, D), <task>.bias (K,)
-    <root>/seed<k>/manifest.json               config, seeds, accuracies, task-vector ratios, sha256 of every file
+    <root>/seed<k>/manifest.json               config, seeds, accuracies, task-vector ratios, the spectral merges
+                                               of all experts, the targets, sha256 of every file
 
 Experts are defined through their task vectors stored in float16:
 ``W_i = W_0 + float32(float16(W_i^ft - W_0))``; the rounding (relative 5e-4 of ``tau``) is applied
