@@ -273,10 +273,11 @@ def write_csv(summary: dict, path: Path) -> None:
                        + [m["per_task"][t]["mean"] for t in tasks])
 
 
-def _cached_seed(seed: int, cache: Path, key: str, **kw) -> dict:
-    """``run_seed`` with its result cached in ``cache`` under ``key`` (zoo manifest + settings)."""
+def _cached_seed(seed: int, cache: Path, key: str, fresh: bool = False, **kw) -> dict:
+    """``run_seed`` with its result cached in ``cache`` under ``key`` (zoo manifest + settings);
+    ``fresh`` recomputes and overwrites the cached result."""
     path = cache / f"seed{seed}.json"
-    if path.is_file():
+    if path.is_file() and not fresh:
         cached = json.loads(path.read_text())
         if cached.get("cache_key") == key:
             kw["log"](f"[seed {seed}] reusing {path} (delete it, or pass fresh=True, to recompute)")
@@ -318,10 +319,7 @@ def run_demo(seeds=(0, 1, 2), *, out_dir="results/demo", device="cpu", quick: bo
     for s in seeds:
         zoo = build_zoo(root=zoo_root or ZOO_ROOT, seed=s, config=config, progress=progress)  # built or verified once
         kw = dict(device=device, quick=quick, progress=progress, log=log, zoo=zoo)
-        if fresh:
-            per_seed.append(run_seed(s, **kw))
-        else:
-            per_seed.append(_cached_seed(s, out_dir / "seeds", _cache_key(zoo, quick, device), **kw))
+        per_seed.append(_cached_seed(s, out_dir / "seeds", _cache_key(zoo, quick, device), fresh=fresh, **kw))
     summary = aggregate(per_seed)
     summary["device"] = str(device)
     summary["quick"] = quick

@@ -52,3 +52,12 @@ def test_demo_on_a_micro_zoo(tmp_path):
                         zoo_root=tmp_path / "zoo", config=ZooConfig.micro())
     assert any("reusing" in line for line in again)
     assert summary2["methods"]["swudi"]["avg_acc"] == summary["methods"]["swudi"]["avg_acc"]
+    # fresh=True recomputes and rewrites the cache, so the next plain run reuses the new result
+    cache = tmp_path / "demo" / "seeds" / "seed0.json"
+    stale = json.loads(cache.read_text())
+    cache.write_text(json.dumps({**stale, "result": {**stale["result"], "stale": True}}))
+    fresh = []
+    run_demo(seeds=(0,), out_dir=tmp_path / "demo", quick=True, progress=False, log=fresh.append,
+             zoo_root=tmp_path / "zoo", config=ZooConfig.micro(), fresh=True)
+    assert not any("reusing" in line for line in fresh)
+    assert "stale" not in json.loads(cache.read_text())["result"]
