@@ -151,10 +151,11 @@ def test_stale_cache_with_another_config_is_not_used(micro):
         load_zoo(root, 0, config=cfg)
 
 
-def _fake_pretrained(tmp_path, config, good_hash=True):
+def _fake_pretrained(tmp_path, config, good_hash=True, seed=7):
+    """Write ``fake_base.safetensors`` (random init ``seed``) and its recipe json; return the weights' path."""
     from swudi_lab.zoo.build import sha256_file
 
-    sd = {k: v.contiguous() for k, v in make_backbone(config.backbone, seed=7).state_dict().items()}
+    sd = {k: v.contiguous() for k, v in make_backbone(config.backbone, seed=seed).state_dict().items()}
     w = tmp_path / "fake_base.safetensors"
     save_file(sd, str(w))
     digest = sha256_file(w) if good_hash else "0" * 64
@@ -174,12 +175,8 @@ def test_cache_built_on_a_replaced_base_is_stale(tmp_path):
     cfg = ZooConfig.micro(pretrained=_fake_pretrained(tmp_path, ZooConfig.micro()))
     zoo = build_zoo(tmp_path / "zoo", 0, cfg, progress=False)
     old = zoo.manifest["pretrained"]["sha256"]
-    sd = {k: v.contiguous() for k, v in make_backbone(cfg.backbone, seed=8).state_dict().items()}
-    save_file(sd, str(tmp_path / "fake_base.safetensors"))
-    from swudi_lab.zoo.build import sha256_file
-
-    new = sha256_file(tmp_path / "fake_base.safetensors")
-    (tmp_path / "fake_base.json").write_text(json.dumps({"name": "fake_base", "sha256": new}))
+    _fake_pretrained(tmp_path, cfg, seed=8)  # same path and name, new weights and recipe hash
+    new = json.loads((tmp_path / "fake_base.json").read_text())["sha256"]
     with pytest.raises(ZooCacheError, match="another pretrained base"):
         load_zoo(tmp_path / "zoo", 0, config=cfg)
     with pytest.warns(UserWarning, match="rebuilding"):
