@@ -11,6 +11,14 @@ A merged backbone ``theta`` is scored on every task ``i`` with *that task's own 
   in percent: the share of the experts' gain a merge keeps (0 for the base, 100 for the experts;
   normalized accuracy credits the base with ``acc(base) / acc(expert)``).
 
+Two diagnostics look at the experts one at a time, before any merge (weight disentanglement,
+Ortiz-Jimenez et al., NeurIPS 2023: merging works when adding ``tau_s`` leaves task t alone):
+
+* ``own_response``  -- ``acc_t(theta0 + alpha tau_t)`` for a few ``alpha``: how much of its gain a
+  task keeps from a fraction of its own task vector (averaging keeps ``1/N`` of each);
+* ``cross_effect``  -- ``acc_t(theta0 + tau_s) - acc_t(theta0)`` for every pair: the diagonal is each
+  expert's gain, the off-diagonal entries what one expert alone does to the other tasks.
+
 Reference rows: the base backbone with the task heads (``zoo.base``) and each expert on its own
 task (``expert_accuracies``).
 
@@ -50,6 +58,8 @@ __all__ = [
     "average_accuracy",
     "normalized_accuracy",
     "recovered_gain",
+    "own_response",
+    "cross_effect",
     "mean_std",
     "reference_rows",
     "summarize_seeds",
@@ -303,6 +313,39 @@ def evaluate_experts(zoo, device: str | torch.device = "cpu", batch_size: int = 
     out = {}
     for task in zoo.tasks:
         out[task] = evaluate_backbone(zoo.expert_state_dict(task), zoo, {task: data[task]}, device, batch_size)[task]
+    return out
+
+
+def own_response(base: Mapping[str, torch.Tensor], experts: Mapping[str, Mapping[str, torch.Tensor]], zoo, tasks_data,
+                 alphas: Sequence[float] = (0.125, 0.25, 0.5, 1.0), device: str | torch.device = "cpu"
+                 ) -> dict[str, dict[float, float]]:
+    """``{t: {alpha: acc_t(theta0 + alpha tau_t)}}`` for every expert ``t``, scored on task t only.
+
+    ``theta0 + alpha tau_t`` is ``torch.lerp(theta0, theta_t, alpha)``: exactly the base at 0 and the
+    expert at 1. ``zoo`` supplies the backbone config and the heads (as in :func:`evaluate_backbone`).
+    """
+    out = {}
+    for t, expert in experts.items():
+        out[t] = {}
+        for a in alphas:
+            state = {k: torch.lerp(w0, expert[k].to(w0.dtype), float(a)) for k, w0 in base.items()}
+            out[t][a] = evaluate_backbone(state, zoo, {t: tasks_data[t]}, device=device)[t]
+    return out
+
+
+def cross_effect(base: Mapping[str, torch.Tensor], experts: Mapping[str, Mapping[str, torch.Tensor]], zoo, tasks_data,
+                 device: str | torch.device = "cpu", base_acc: Mapping[str, float] | None = None
+                 ) -> dict[str, dict[str, float]]:
+    """``{s: {t: acc_t(theta0 + tau_s) - acc_t(theta0)}}`` in points, for every expert s and task t with data.
+
+    The diagonal is each expert's gain on its own task; off the diagonal, what one expert alone does
+    to the other tasks (0 for weight-disentangled experts). ``base_acc`` skips re-scoring the base.
+    """
+    base_acc = base_acc if base_acc is not None else evaluate_backbone(base, zoo, tasks_data, device=device)
+    out = {}
+    for s, expert in experts.items():
+        acc = evaluate_backbone(expert, zoo, tasks_data, device=device)
+        out[s] = {t: acc[t] - base_acc[t] for t in acc}
     return out
 
 

@@ -7,10 +7,12 @@ import torch
 import swudi_lab  # noqa: F401
 from swudi_lab.evaluate import (
     average_accuracy,
+    cross_effect,
     evaluate_backbone,
     mean_std,
     measure,
     normalized_accuracy,
+    own_response,
     recovered_gain,
 )
 
@@ -94,3 +96,25 @@ def test_recovered_gain_is_zero_at_the_base_and_100_at_the_experts():
     assert recovered_gain(dict(expert), base, expert) == 100.0
     assert recovered_gain({"a": 60.0, "b": 30.0, "c": 10.0}, base, expert) == pytest.approx(37.5)  # c has no gain
     assert recovered_gain({"a": 20.0}, base, expert) == pytest.approx(-50.0)  # below the base: negative
+
+
+def test_own_response_ends_at_the_base_and_the_expert_and_cross_effect_diagonal_is_the_gain(tmp_path):
+    from swudi_lab.zoo import ZooConfig, build_zoo
+
+    zoo = build_zoo(tmp_path, seed=0, config=ZooConfig.micro(), progress=False)
+    base, data = zoo.base_state_dict(), zoo.test_data()
+    experts = {t: zoo.expert_state_dict(t) for t in zoo.tasks}
+    base_acc = evaluate_backbone(base, zoo, data)
+    expert_acc = {t: evaluate_backbone(e, zoo, {t: data[t]})[t] for t, e in experts.items()}
+    response = own_response(base, experts, zoo, data, alphas=(0.0, 0.5, 1.0))
+    assert set(response) == set(zoo.tasks) and all(list(r) == [0.0, 0.5, 1.0] for r in response.values())
+    for t, r in response.items():  # lerp is exact at both ends
+        assert r[0.0] == base_acc[t] and r[1.0] == expert_acc[t]
+    effect = cross_effect(base, experts, zoo, data)
+    assert set(effect) == set(zoo.tasks) and all(set(row) == set(zoo.tasks) for row in effect.values())
+    for t in zoo.tasks:
+        assert effect[t][t] == pytest.approx(expert_acc[t] - base_acc[t], abs=1e-9)
+    # an "expert" equal to the base changes nothing anywhere; base_acc passed in gives the same matrix
+    same = cross_effect(base, {"copy": base}, zoo, data, base_acc=base_acc)
+    assert same == {"copy": {t: 0.0 for t in zoo.tasks}}
+    assert cross_effect(base, experts, zoo, data, base_acc=base_acc) == effect
