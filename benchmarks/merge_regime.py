@@ -1,5 +1,6 @@
 """Which regime a zoo's merges live in: share of the experts' gain kept against the number of
-tasks merged, and against a global scale on the merged task vector.
+tasks merged, and against a global scale on the merged task vector; and how each expert alone
+acts on its own task and on the others.
 
 * **Number of tasks.** Interference grows with N: with N = 1 every method of the registry
   returns the expert itself (the closed form ``D C^+`` is ``tau`` projected on its own row space,
@@ -18,7 +19,21 @@ Both tables report the share of the gain kept,
 next to the usual normalized accuracy ``acc_merged / acc_expert``, which the base's own accuracy
 inflates (a merge that returns the base scores ``acc_base / acc_expert``, not 0).
 
-    python benchmarks/merge_regime.py --seed 0 --sizes 1 2 4 8 --subsets 3 --scales 0.125 0.25 0.5 1
+Two more tables look at the experts one at a time and tell *why* a zoo is in its regime. Merging
+works when the experts are *weight-disentangled* (Ortiz-Jimenez et al., NeurIPS 2023): adding
+``tau_s`` leaves task t's outputs alone for ``s != t``, and a fraction of ``tau_t`` already gives
+most of task t's gain (CLIP's fine-tuned experts overshoot; averaging keeps 1/N of each task vector
+and still recovers a large share of the gain).
+
+* **Own response.** Task t's accuracy at ``theta0 + alpha tau_t`` for a few ``alpha`` (the share of
+  the gain at ``alpha = 1/N`` is what averaging can keep at best without interference).
+* **Cross effect.** ``acc_t(theta0 + tau_s) - acc_t(theta0)`` for every pair: the diagonal is each
+  expert's gain, the off-diagonal entries what one expert alone does to the other tasks (0 for
+  disentangled experts; negative entries are interference that no merge of full task vectors can
+  avoid on that layer set).
+
+    python benchmarks/merge_regime.py --seed 0 --sizes 1 2 4 8 --subsets 3 --scales 0.125 0.25 0.5 1 \
+        --alphas 0.125 0.25 0.5 1 --cross
 """
 
 from __future__ import annotations
@@ -34,6 +49,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from swudi_lab.demo import PAPER_KAPPA_IWUDI, PAPER_KAPPA_SWUDI  # noqa: E402
+from swudi_lab import evaluate as E  # noqa: E402
 from swudi_lab.evaluate import average_accuracy, evaluate_backbone, normalized_accuracy, recovered_gain  # noqa: E402
 from swudi_lab.merge import merge  # noqa: E402
 
@@ -98,6 +114,43 @@ def run_scales(score: Scorer, scales=(0.125, 0.25, 0.5, 1.0), runs=RUNS, log=pri
     return rows
 
 
+def own_response(score: Scorer, alphas=(0.125, 0.25, 0.5, 1.0)) -> list[dict]:
+    """One row per (task, alpha): task t's accuracy at ``theta0 + alpha tau_t`` and the share of its gain."""
+    response = E.own_response(score.base, score.experts, score.zoo, score.data, alphas, device=score.device)
+    return [{"task": t, "alpha": a, "acc": acc, "recovered": recovered_gain({t: acc}, score.base_acc, score.expert_acc)}
+            for t, by_alpha in response.items() for a, acc in by_alpha.items()]
+
+
+def cross_effect(score: Scorer) -> dict[str, dict[str, float]]:
+    """``effect[s][t] = acc_t(theta0 + tau_s) - acc_t(theta0)`` (points): expert s alone, scored on every task t."""
+    return E.cross_effect(score.base, score.experts, score.zoo, score.data, device=score.device, base_acc=score.base_acc)
+
+
+def response_table(rows: list[dict]) -> str:
+    """Own-task accuracy (share of the gain) per task and alpha, with the mean share per alpha."""
+    alphas = sorted({r["alpha"] for r in rows})
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    head = f"{'task':<14s}" + "".join(f"{f'alpha={a:g}':>16s}" for a in alphas)
+    lines = ["own response: acc_t(theta0 + alpha tau_t) % (share of the gain %)", head, "-" * len(head)]
+    cell = {(r["task"], r["alpha"]): r for r in rows}
+    for t in tasks:
+        lines.append(f"{t:<14s}" + "".join(f"{cell[t, a]['acc']:8.1f} ({cell[t, a]['recovered']:4.0f})" for a in alphas))
+    lines.append(f"{'mean share':<14s}" + "".join(f"{np.nanmean([cell[t, a]['recovered'] for t in tasks]):>16.1f}" for a in alphas))
+    return "\n".join(lines)
+
+
+def cross_table(effect: dict[str, dict[str, float]]) -> str:
+    """The cross-effect matrix (rows: scored task t, columns: added expert s) and its off-diagonal mean."""
+    tasks = list(effect)
+    lines = ["cross effect: acc_t(theta0 + tau_s) - acc_t(theta0), points (rows t, columns s; diagonal = gain)",
+             f"{'':<14s}" + "".join(f"{s[:7]:>8s}" for s in tasks)]
+    lines += [f"{t:<14s}" + "".join(f"{effect[s][t]:8.1f}" for s in tasks) for t in tasks]
+    off = [effect[s][t] for s in tasks for t in tasks if s != t]
+    if off:
+        lines.append(f"off-diagonal: mean {np.mean(off):.1f}, worst {min(off):.1f} points")
+    return "\n".join(lines)
+
+
 def table(rows: list[dict], column: str = "size") -> str:
     """Mean over rows of the recovered gain (and normalized accuracy): one line per method, one column per ``column`` value."""
     values = sorted({r[column] for r in rows})
@@ -122,6 +175,8 @@ def main(argv=None) -> None:
     p.add_argument("--sizes", type=int, nargs="*", default=[1, 2, 4, 8], help="numbers of tasks (none: skip)")
     p.add_argument("--subsets", type=int, default=3, help="random task subsets per size")
     p.add_argument("--scales", type=float, nargs="*", default=[0.125, 0.25, 0.5, 1.0], help="scales (none: skip)")
+    p.add_argument("--alphas", type=float, nargs="*", default=[], help="own-response scales of each expert (none: skip)")
+    p.add_argument("--cross", action="store_true", help="print the cross-effect matrix")
     p.add_argument("--images", type=int, default=300, help="test images per task (0: the whole split)")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
@@ -133,6 +188,10 @@ def main(argv=None) -> None:
         print(table(run_sizes(score, a.sizes, a.subsets), "size"))
     if a.scales:
         print(table(run_scales(score, a.scales), "scale"))
+    if a.alphas:
+        print(response_table(own_response(score, a.alphas)))
+    if a.cross:
+        print(cross_table(cross_effect(score)))
 
 if __name__ == "__main__":
     main()

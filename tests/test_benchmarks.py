@@ -1,4 +1,4 @@
-"""benchmarks/merge_regime.py on a micro zoo: subsets, N = 1 and scale identities."""
+"""benchmarks/merge_regime.py on a micro zoo: subsets, N = 1 and scale identities, own response and cross effect."""
 
 import importlib.util
 from pathlib import Path
@@ -43,3 +43,18 @@ def test_one_expert_merges_to_itself_and_average_is_task_arithmetic_at_one_over_
     (ta3,) = [r for r in scaled if r["scale"] == 1 / 3 and r["method"] == "task_arithmetic"]
     assert ta3["avg_acc"] == pytest.approx(avg3["avg_acc"], abs=1e-9)  # averaging is task arithmetic at 1/N
     assert "scale=1" in mr.table(scaled, "scale")
+
+
+def test_own_response_rows_share_the_gain_and_cross_effect_reuses_the_base_scores(tmp_path):
+    mr = _load("merge_regime")
+    zoo = build_zoo(tmp_path, seed=0, config=ZooConfig.micro(), progress=False)
+    score = mr.Scorer(zoo, images=None)
+    rows = mr.own_response(score, alphas=(0.0, 1.0))
+    assert {(r["task"], r["alpha"]) for r in rows} == {(t, a) for t in zoo.tasks for a in (0.0, 1.0)}
+    for r in rows:  # the share of the gain is 0 at the base and 100 at the expert (nan where the expert gained nothing)
+        if score.expert_acc[r["task"]] > score.base_acc[r["task"]]:
+            assert r["recovered"] == pytest.approx(100.0 * r["alpha"])
+    effect = mr.cross_effect(score)
+    for t in zoo.tasks:
+        assert effect[t][t] == pytest.approx(score.expert_acc[t] - score.base_acc[t], abs=1e-9)
+    assert "mean share" in mr.response_table(rows) and "off-diagonal" in mr.cross_table(effect)
