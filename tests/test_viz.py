@@ -187,6 +187,15 @@ def test_task_heatmap():
     hm = fig.data[0]
     assert list(hm.x) == ["mnist", "svhn"] and list(hm.y) == ["WUDI", "SWUDI"]
     assert hm.z[0][1] == 80.0 and np.isnan(hm.z[1][1])
+    assert hm.zmid is None
+
+
+def test_task_heatmap_of_signed_changes_is_diverging_around_zero():
+    fig = task_heatmap_figure({"tau_a": {"a": 20.0, "b": -12.0}, "tau_b": {"a": -3.0, "b": 30.0}},
+                              y_title="expert added", signed=True)
+    hm = fig.data[0]
+    assert hm.zmid == 0.0 and "change" in hm.hovertemplate and "expert added" in hm.hovertemplate
+    assert fig.layout.yaxis.title.text == "expert added"
 
 
 def test_accuracy_curves_with_std_band():

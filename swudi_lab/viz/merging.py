@@ -69,11 +69,15 @@ def accuracy_bar_figure(results, *, base: float | None = None, experts: float | 
     return fig
 
 
-def task_heatmap_figure(table, *, title: str = "Accuracy per task (%)") -> go.Figure:
-    """Heatmap method × task of accuracies, with the values written in the cells.
+def task_heatmap_figure(table, *, title: str = "Accuracy per task (%)", y_title: str = "method",
+                        signed: bool = False) -> go.Figure:
+    """Heatmap row × task of accuracies (or of accuracy changes), with the values written in the cells.
 
     Args:
-        table: dict ``method -> {task: accuracy}``; tasks missing for a method show as blank.
+        table: dict ``row -> {task: value}`` (rows are usually methods); tasks missing for a row show
+            as blank.
+        y_title: what the rows are (e.g. ``"expert added"`` for :func:`swudi_lab.evaluate.cross_effect`).
+        signed: the values are changes in points: a diverging red-blue scale centred on 0 (red: worse).
     """
     if not table:
         raise ValueError("table is empty")
@@ -85,10 +89,12 @@ def task_heatmap_figure(table, *, title: str = "Accuracy per task (%)") -> go.Fi
         tasks += [t for t in table[m] if t not in tasks]
     z = np.array([[float(table[m].get(t, np.nan)) for t in tasks] for m in methods])
     text = [[("" if np.isnan(v) else f"{v:.1f}") for v in row] for row in z]
-    fig = new_figure(title, "task", "method", height=max(300, 60 + 40 * len(methods)))
-    fig.add_trace(go.Heatmap(z=z, x=tasks, y=methods, text=text, texttemplate="%{text}",
-                             colorscale="Viridis", colorbar=dict(title="acc (%)"),
-                             hovertemplate="method=%{y}<br>task=%{x}<br>accuracy=%{z:.2f}<extra></extra>"))
+    fig = new_figure(title, "task", y_title, height=max(300, 60 + 40 * len(methods)))
+    colors = dict(colorscale="RdBu", zmid=0.0, colorbar=dict(title="Δ acc (points)")) if signed else \
+        dict(colorscale="Viridis", colorbar=dict(title="acc (%)"))
+    value = "change" if signed else "accuracy"
+    fig.add_trace(go.Heatmap(z=z, x=tasks, y=methods, text=text, texttemplate="%{text}", **colors,
+                             hovertemplate=f"{y_title}=%{{y}}<br>task=%{{x}}<br>{value}=%{{z:.2f}}<extra></extra>"))
     fig.update_yaxes(autorange="reversed", showgrid=False)
     fig.update_xaxes(showgrid=False)
     return fig
