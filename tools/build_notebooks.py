@@ -945,8 +945,8 @@ print(f"{'experts (own task)':<28s} {E.average_accuracy(expert_acc):8.2f}")
 '''),
     code('''
 # What the filters buy: the same task vectors summed with task arithmetic's scale interfere far more.
-# (Whether a merge beats the base itself depends on the zoo: on the offline one, with eight tasks
-# on a 0.8 M-parameter ViT, the full-size merges land below it; see the README.)
+# (How far a merge gets above the base itself depends on the zoo: on the offline one, with eight
+# tasks on a 0.8 M-parameter ViT, the best merges keep about a fifth of the experts' gain; see below.)
 base_avg = E.average_accuracy(base_acc)
 for label in [l for l in avg if l.startswith("swudi")]:
     print(f"{label:<28s} {avg[label]:.2f}%  ({avg[label] - avg['task arithmetic']:+.2f} over task arithmetic, "
@@ -973,6 +973,49 @@ cannot remove interference that the normal equation itself contains. `benchmarks
 measures it (seed 0): with two tasks the exponential and SWUDI filters keep about 80 % of the gain,
 the closed form 70 % and averaging 57 % (the paper's ordering); with eight, every merge keeps about
 a tenth and the closed form nothing. The README discusses what that means for the paper's claims.
+"""),
+    md("""
+## Why eight tasks crowd this model: weight disentanglement
+
+Merging works when the experts are *weight-disentangled* (Ortiz-Jiménez et al., NeurIPS 2023):
+adding one expert's task vector `tau_s` leaves every other task's outputs alone, and a fraction of
+`tau_t` already gives most of task t's gain. Two diagnostics from `swudi_lab.evaluate` test both,
+one expert at a time, before any merge:
+
+* `own_response`: task t's accuracy at `theta0 + alpha tau_t`. Averaging keeps `1/N` of each task
+  vector, so the share of the gain at `alpha = 1/N` is the most it can keep even without interference.
+  CLIP's fine-tuned experts overshoot (a fraction of `tau_t` already does most of the job); if the
+  response is linear, `1/8` of `tau_t` gives about an eighth of the gain.
+* `cross_effect`: `acc_t(theta0 + tau_s) - acc_t(theta0)` for every pair. The diagonal is each
+  expert's gain; off the diagonal, what one expert alone does to the other tasks: 0 for
+  disentangled experts, negative where `tau_s` damages task t.
+
+Neither is about a merge method: they tell how much room a zoo leaves to all of them. (On the full
+test splits of three expert seeds, `benchmarks/merge_regime.py --alphas 0.125 0.25 0.5 1 --cross`
+measures 15-16 % of the gain at `alpha = 1/8`, an off-diagonal mean of about -13 points, and
+colour's task vector costing the other tasks 14 to 50 points each.)
+"""),
+    code('''
+alpha = 1 / len(experts)
+response = E.own_response(base, experts, zoo, data, alphas=(alpha,), device=DEVICE)
+share = [E.recovered_gain({t: r[alpha]}, base_acc, expert_acc) for t, r in response.items()]
+effect = E.cross_effect(base, experts, zoo, data, device=DEVICE, base_acc=base_acc)
+off = [effect[s][t] for s in effect for t in effect[s] if s != t]
+print(f"theta0 + tau_t / {len(experts)} keeps {np.nanmean(share):.0f} % of task t's gain on average")
+print(f"one expert alone moves the other tasks by {np.mean(off):+.1f} points on average (worst {min(off):+.1f})")
+assert all(abs(effect[t][t] - (expert_acc[t] - base_acc[t])) < 1e-9 for t in zoo.tasks)  # diagonal = gain
+fig = viz.task_heatmap_figure({f"+ tau ({s})": row for s, row in effect.items()}, y_title="expert added",
+                              signed=True, title="acc_t(theta0 + tau_s) - acc_t(theta0): one expert, every task")
+fig.update_layout(margin=dict(l=160))
+'''),
+    md("""
+**Reading the matrix.** Rows are the expert added, columns the task scored. A weight-disentangled zoo
+would show its gains on the diagonal and pale cells elsewhere; here most off-diagonal cells are
+red, and whole rows (colour's task vector above all) are deep red. Each of those experts alone
+already takes points from the other tasks; a merge of all eight adds the damage of seven experts
+to each task and keeps only about an eighth of each one's own gain, which is why every method keeps
+only a small share of the experts' gain. The levers are the model's, not the merge's: more width and a longer pretraining
+make task vectors add up better (the README compares two bases).
 """),
     md("""
 ## SWUDI's two knobs: `kappa` and `r`
