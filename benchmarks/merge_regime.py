@@ -45,6 +45,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -126,6 +127,15 @@ def cross_effect(score: Scorer) -> dict[str, dict[str, float]]:
     return E.cross_effect(score.base, score.experts, score.zoo, score.data, device=score.device, base_acc=score.base_acc)
 
 
+def task_vector_cosines(score: Scorer) -> list[float]:
+    """Cosine of every pair of task vectors over the 2-D matrices (near 0: the weights barely overlap)."""
+    flat = {t: torch.cat([(e[k].double() - w0.double()).flatten() for k, w0 in score.base.items() if w0.ndim == 2])
+            for t, e in score.experts.items()}
+    tasks = list(flat)
+    return [float(torch.nn.functional.cosine_similarity(flat[a], flat[b], dim=0))
+            for i, a in enumerate(tasks) for b in tasks[i + 1:]]
+
+
 def response_table(rows: list[dict]) -> str:
     """Own-task accuracy (share of the gain) per task and alpha, with the mean share per alpha."""
     alphas = sorted({r["alpha"] for r in rows})
@@ -176,7 +186,7 @@ def main(argv=None) -> None:
     p.add_argument("--subsets", type=int, default=3, help="random task subsets per size")
     p.add_argument("--scales", type=float, nargs="*", default=[0.125, 0.25, 0.5, 1.0], help="scales (none: skip)")
     p.add_argument("--alphas", type=float, nargs="*", default=[], help="own-response scales of each expert (none: skip)")
-    p.add_argument("--cross", action="store_true", help="print the cross-effect matrix")
+    p.add_argument("--cross", action="store_true", help="print the cross-effect matrix and the task-vector cosines")
     p.add_argument("--images", type=int, default=300, help="test images per task (0: the whole split)")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
@@ -192,6 +202,8 @@ def main(argv=None) -> None:
         print(response_table(own_response(score, a.alphas)))
     if a.cross:
         print(cross_table(cross_effect(score)))
+        cos = task_vector_cosines(score)
+        print(f"task-vector cosines (2-D matrices), {len(cos)} pairs: min {min(cos):.3f}, mean {np.mean(cos):.3f}, max {max(cos):.3f}")
 
 if __name__ == "__main__":
     main()
