@@ -58,3 +58,9 @@ def test_own_response_rows_share_the_gain_and_cross_effect_reuses_the_base_score
     for t in zoo.tasks:
         assert effect[t][t] == pytest.approx(score.expert_acc[t] - score.base_acc[t], abs=1e-9)
     assert "mean share" in mr.response_table(rows) and "off-diagonal" in mr.cross_table(effect)
+    assert len(mr.task_vector_cosines(score)) == len(zoo.tasks) * (len(zoo.tasks) - 1) // 2
+    t = zoo.tasks[0]  # a task vector against itself, twice as long, and negated: cosines 1, 1, -1
+    e = score.experts[t]
+    score.experts = {"x": e, "2x": {k: 2 * e[k] - w0 for k, w0 in score.base.items()},
+                     "-x": {k: 2 * w0 - e[k] for k, w0 in score.base.items()}}
+    assert mr.task_vector_cosines(score) == pytest.approx([1.0, -1.0, -1.0], abs=1e-9)
