@@ -29,8 +29,9 @@ and still recovers a large share of the gain).
   the gain at ``alpha = 1/N`` is what averaging can keep at best without interference).
 * **Cross effect.** ``acc_t(theta0 + tau_s) - acc_t(theta0)`` for every pair: the diagonal is each
   expert's gain, the off-diagonal entries what one expert alone does to the other tasks (0 for
-  disentangled experts; negative entries are interference that no merge of full task vectors can
-  avoid on that layer set).
+  disentangled experts; negative entries are damage that a merge of the full task vectors carries
+  along). ``--cross`` also prints the task vectors' pairwise cosines: small cosines with a large
+  cross effect mean interference through the network's function, not overlapping weights.
 
     python benchmarks/merge_regime.py --seed 0 --sizes 1 2 4 8 --subsets 3 --scales 0.125 0.25 0.5 1 \
         --alphas 0.125 0.25 0.5 1 --cross
