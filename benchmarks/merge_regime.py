@@ -182,7 +182,7 @@ def table(rows: list[dict], column: str = "size") -> str:
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seed", type=int, default=0, help="zoo expert seed")
-    p.add_argument("--root", default=None, help="zoo cache directory (default: data/zoo)")
+    p.add_argument("--root", default=None, help="a zoo built there, any recipe (default: data/zoo, built if missing)")
     p.add_argument("--sizes", type=int, nargs="*", default=[1, 2, 4, 8], help="numbers of tasks (none: skip)")
     p.add_argument("--subsets", type=int, default=3, help="random task subsets per size")
     p.add_argument("--scales", type=float, nargs="*", default=[0.125, 0.25, 0.5, 1.0], help="scales (none: skip)")
@@ -191,9 +191,11 @@ def main(argv=None) -> None:
     p.add_argument("--images", type=int, default=300, help="test images per task (0: the whole split)")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
-    from swudi_lab.zoo import build_zoo
+    from swudi_lab.zoo import build_zoo, load_zoo
 
-    zoo = build_zoo(a.root, seed=a.seed) if a.root else build_zoo(seed=a.seed)
+    # --root: a zoo already built there, whatever its recipe (e.g. `swudi-lab zoo build --root DIR --lr 3e-4`);
+    # by default the demo's zoo, built or reused with the default recipe
+    zoo = load_zoo(a.root, seed=a.seed) if a.root else build_zoo(seed=a.seed)
     score = Scorer(zoo, a.images or None, a.device)
     if a.sizes:
         print(table(run_sizes(score, a.sizes, a.subsets), "size"))

@@ -4,6 +4,7 @@
                     [--device auto] [--dtype float32] --out merged.safetensors [--report report.json]
     swudi-lab methods
     swudi-lab zoo build [--seeds 0 1 2] [--pretrain]      (the offline ViT expert zoo)
+    swudi-lab zoo build --root DIR --lr 3e-4 [--steps N]  (a fine-tuning variant, in its own root)
     swudi-lab demo [--seeds 0 1 2] [--quick] | --toy      (make demo)
     swudi-lab bench [merge_cost.py arguments]            (time and peak memory per method)
 
@@ -136,6 +137,29 @@ def _add_zoo(sub) -> None:
     p.add_argument("--pretrained-out", default="data/pretrained/reproduced",
                    help="where --pretrain writes (the shipped base in data/pretrained is never overwritten)")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
+    p.add_argument("--lr", type=float, default=None, help="variant: fine-tuning learning rate (default 2e-4; needs --root)")
+    p.add_argument("--steps", type=int, default=None, help="variant: fine-tuning steps (default 400; needs --root)")
+
+
+def _zoo_config(args):
+    """The zoo config of ``swudi-lab zoo``: the default one, or a fine-tuning variant (``--lr``, ``--steps``).
+
+    A variant must live in its own ``--root``: built into the default cache it would replace the zoo
+    that ``make demo`` and the notebooks use (and they would rebuild theirs on the next run).
+    """
+    from dataclasses import replace
+
+    from swudi_lab.zoo import ZooConfig
+
+    overrides = {k: v for k, v in (("lr", args.lr), ("steps", args.steps)) if v is not None}
+    if not overrides:
+        return ZooConfig()
+    if args.root is None:
+        raise ValueError("a fine-tuning variant (--lr, --steps) needs its own --root, e.g. --root data/zoo_variants/lr3e-4")
+    if overrides.get("lr", 1.0) <= 0 or overrides.get("steps", 1) <= 0:
+        raise ValueError(f"--lr and --steps must be positive, got {overrides}")
+    config = ZooConfig()
+    return replace(config, finetune=replace(config.finetune, **overrides))
 
 
 def _cmd_zoo(args) -> int:
@@ -151,6 +175,7 @@ def _cmd_zoo(args) -> int:
             print(zoo)
             print(json.dumps(zoo.manifest.get("accuracy", {}), indent=1))
         return 0
+    config = _zoo_config(args)  # a bad variant fails here, before any long run
     if args.pretrain:
         info = build_pretrained(out_dir=args.pretrained_out, device=args.device)
         shipped = DATA_DIR / "pretrained" / f"{DEFAULT_PRETRAINED}.json"
@@ -159,7 +184,7 @@ def _cmd_zoo(args) -> int:
               + ("(identical to the shipped base)" if same else "(differs from the shipped base; the zoo keeps "
                  "using the shipped one: float results depend on the machine and thread count)"))
     for seed in args.seeds:
-        print(build_zoo(args.root or ZOO_ROOT, seed, force=args.force, device=args.device))
+        print(build_zoo(args.root or ZOO_ROOT, seed, config=config, force=args.force, device=args.device))
     return 0
 
 

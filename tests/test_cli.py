@@ -89,3 +89,22 @@ def test_zoo_info_on_a_micro_zoo(tmp_path, capsys):
     # no cache and no shipped release for seed 7: a one-line error, non-zero exit
     assert main(["zoo", "info", "--root", str(tmp_path / "missing"), "--seeds", "7"]) != 0
     assert "swudi-lab zoo build --seeds 7" in capsys.readouterr().err
+
+
+def test_zoo_build_variant_needs_its_own_root_and_changes_only_the_finetuning(tmp_path, capsys):
+    import argparse
+
+    from swudi_lab.cli import _zoo_config, main
+    from swudi_lab.zoo import ZooConfig
+
+    assert main(["zoo", "build", "--lr", "3e-4"]) != 0  # would overwrite the demo's cache: refused before any work
+    assert "--root" in capsys.readouterr().err
+    assert main(["zoo", "build", "--root", str(tmp_path), "--steps", "0"]) != 0
+    assert "positive" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing was built
+    args = argparse.Namespace(root=str(tmp_path), lr=3e-4, steps=None)
+    variant, default = _zoo_config(args), ZooConfig()
+    assert variant.finetune.lr == 3e-4 and variant.finetune.steps == default.finetune.steps
+    assert variant.backbone == default.backbone and variant.pretrained == default.pretrained
+    assert variant.key() != default.key()  # a variant never passes for the default cache, nor the reverse
+    assert _zoo_config(argparse.Namespace(root=None, lr=None, steps=None)).key() == default.key()
