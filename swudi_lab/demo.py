@@ -11,11 +11,14 @@ with every method of the registry, score each merged backbone with every task's 
   :func:`calibrate_wudi_lr`);
 * WUDI at 100 / 300 / 1000 / 3000 Adam steps against the closed form (semiconvergence);
 * accuracy against kappa, one ``eigh`` per layer serving the whole sweep;
-* accuracy against the SWUDI ratio r, and the per-layer ranks SWUDI-A chose.
+* accuracy against the SWUDI ratio r, and the per-layer ranks SWUDI-A chose;
+* each expert alone, before any merge (weight disentanglement, :func:`~swudi_lab.evaluate.own_response`
+  and :func:`~swudi_lab.evaluate.cross_effect`): the share of task t's gain that ``tau_t / N`` keeps
+  (what averaging can keep at best) and what ``tau_s`` alone does to every other task.
 
 Seeds are aggregated as mean ± std. Outputs (``results/demo/``): ``summary.json``
 (``{"methods": {label: {"avg_acc", "norm_acc", "per_task", "seconds", "peak_mb", ...}},
-"experts": ..., "base": ..., "sweeps": ...}``), ``summary.csv`` and ``report.html`` (plotly).
+"experts": ..., "base": ..., "sweeps": ..., "disentanglement": ...}``), ``summary.csv`` and ``report.html`` (plotly).
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .evaluate import average_accuracy, evaluate_backbone, mean_std, measure, normalized_accuracy
+from .evaluate import (average_accuracy, cross_effect, evaluate_backbone, mean_std, measure, normalized_accuracy,
+                       own_response, recovered_gain)
 from .merge import METHODS, merge
 from .merge.engine import iter_layer_problems
 from .merge.sweep import filter_sweep, kappa_time, per_layer
@@ -155,6 +159,14 @@ def run_seed(seed: int, *, device="cpu", quick: bool = False, progress: bool = T
     out = {"seed": seed, "tasks": zoo.tasks, "experts": expert_acc, "base": base_acc, "methods": {}, "sweeps": {}}
     log(f"[seed {seed}] base-with-heads {average_accuracy(base_acc):.1f}%, experts {average_accuracy(expert_acc):.1f}%")
 
+    alpha = 1.0 / len(zoo.tasks)
+    response = own_response(base, experts, zoo, data, alphas=(alpha,), device=device)
+    out["own_response"] = {"alpha": alpha, "acc": {t: r[alpha] for t, r in response.items()}}
+    out["cross_effect"] = cross_effect(base, experts, zoo, data, device=device, base_acc=base_acc)
+    d = disentanglement([out])
+    log(f"[seed {seed}] experts alone: tau_t / {len(zoo.tasks)} keeps {d['own_share']['mean']:.1f}% of task t's gain; "
+        f"tau_s costs the other tasks {-d['cross_off_diagonal']['mean']:.1f} points on average")
+
     calib = calibrate_wudi_lr(base, experts, grid=LR_REL_GRID[1:5:2] if quick else LR_REL_GRID, device=device)
     out["wudi_calibration"] = calib
     log(f"[seed {seed}] WUDI lr scale-matched: lr_rel = {calib['lr_rel']:.3g} (paper lr 1e-5 acts like "
@@ -205,6 +217,21 @@ def _agg(values) -> dict:
     return {"mean": mu, "std": sd}
 
 
+def disentanglement(per_seed: list[dict]) -> dict:
+    """Mean ± std over seeds of the experts-alone diagnostics of :func:`run_seed`.
+
+    ``own_share``: share of the gain (%) that ``theta0 + tau_t / N`` keeps, averaged over tasks;
+    ``cross_off_diagonal``: mean of ``acc_t(theta0 + tau_s) - acc_t(theta0)`` over ``s != t``
+    (points); ``cross_effect``: the whole matrix ``{s: {t: mean ± std}}`` (diagonal: the gains).
+    """
+    tasks = per_seed[0]["tasks"]
+    share = [recovered_gain(r["own_response"]["acc"], r["base"], r["experts"]) for r in per_seed]
+    off = [float(np.mean([r["cross_effect"][s][t] for s in tasks for t in tasks if s != t])) if len(tasks) > 1
+           else float("nan") for r in per_seed]
+    return {"alpha": per_seed[0]["own_response"]["alpha"], "own_share": _agg(share), "cross_off_diagonal": _agg(off),
+            "cross_effect": {s: {t: _agg([r["cross_effect"][s][t] for r in per_seed]) for t in tasks} for s in tasks}}
+
+
 def aggregate(per_seed: list[dict]) -> dict:
     """Mean ± std over seeds of every number in the per-seed results."""
     first = per_seed[0]
@@ -236,6 +263,7 @@ def aggregate(per_seed: list[dict]) -> dict:
     sw["closed_form"] = {"avg_acc": _agg([r["sweeps"]["closed_form"]["avg_acc"] for r in per_seed]),
                          "norm_acc": _agg([r["sweeps"]["closed_form"]["norm_acc"] for r in per_seed])}
     summary["wudi_calibration"] = [r["wudi_calibration"] for r in per_seed]
+    summary["disentanglement"] = disentanglement(per_seed)
     return summary
 
 
@@ -290,6 +318,9 @@ def _cached_seed(seed: int, cache: Path, key: str, fresh: bool = False, **kw) ->
     return result
 
 
+RESULTS_FORMAT = 2  # bump when run_seed's results gain or change a field: older cached seeds are recomputed
+
+
 def _cache_key(zoo, quick: bool, device) -> str:
     """Key of a seed's cached results: the zoo's manifest (hashes of every file) and the demo settings."""
     import hashlib
@@ -297,7 +328,7 @@ def _cache_key(zoo, quick: bool, device) -> str:
     from . import __version__
 
     manifest = json.dumps(zoo.manifest, sort_keys=True)
-    settings = [__version__, quick, str(device), WUDI_STEPS, KAPPAS, RATIOS, LR_REL_GRID, SWEEP_IMAGES, sorted(METHODS)]
+    settings = [RESULTS_FORMAT, __version__, quick, str(device), WUDI_STEPS, KAPPAS, RATIOS, LR_REL_GRID, SWEEP_IMAGES, sorted(METHODS)]
     return hashlib.sha256((manifest + repr(settings)).encode()).hexdigest()
 
 
@@ -330,7 +361,10 @@ def run_demo(seeds=(0, 1, 2), *, out_dir="results/demo", device="cpu", quick: bo
 
     table = format_table(summary)
     write_report(per_seed, out_dir / "report.html", table=table)
+    d = summary["disentanglement"]
     log("")
     log(table)
+    log(f"\nexperts alone (mean ± std over seeds): tau_t / {len(summary['tasks'])} keeps {_pm(d['own_share'], 1)} % of task "
+        f"t's gain; tau_s moves the other tasks by {_pm(d['cross_off_diagonal'], 1)} points (see report.html)")
     log(f"\nwrote {out_dir}/summary.json, summary.csv, report.html")
     return summary

@@ -61,6 +61,11 @@ def report_figures(per_seed: list[dict]) -> dict:
                                                    d_in={k: v["d_in"] for k, v in ranks.items()})
     seconds = {lab: float(np.mean([r["methods"][lab]["seconds"] for r in per_seed])) for lab in labels}
     figs["Accuracy vs merge time"] = pareto_figure({lab: (seconds[lab], float(np.mean(acc[lab]))) for lab in labels})
+    tasks = first["tasks"]
+    figs["Each expert alone on every task"] = task_heatmap_figure(
+        {f"+ tau ({s})": {t: float(np.mean([r["cross_effect"][s][t] for r in per_seed])) for t in tasks} for s in tasks},
+        y_title="expert added", signed=True,
+        title="acc_t(theta0 + tau_s) - acc_t(theta0): diagonal = each expert's gain, elsewhere its interference")
     figs["Merge cost"] = cost_bars_figure(
         {lab: {"time": seconds[lab],
                "memory": float(np.mean([r["methods"][lab]["peak_mb"] for r in per_seed]))} for lab in labels})

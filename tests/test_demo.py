@@ -42,8 +42,17 @@ def test_demo_on_a_micro_zoo(tmp_path):
     assert row["avg_acc"]["mean"] == pytest.approx(sum(per_task) / len(per_task))
     assert written["sweeps"]["kappa"] and written["sweeps"]["ratio"] and written["sweeps"]["wudi_steps"]
     assert written["methods"]["swudi_a"]["ranks"], "SWUDI-A's per-layer ranks are reported"
+    # experts alone: the cross effect's diagonal is each expert's gain; the own response at 1/N is a share of it
+    (seed,) = json.loads((tmp_path / "demo" / "per_seed.json").read_text())
+    for t in seed["tasks"]:
+        assert seed["cross_effect"][t][t] == pytest.approx(seed["experts"][t] - seed["base"][t], abs=1e-9)
+    d = written["disentanglement"]
+    assert d["alpha"] == pytest.approx(1 / len(seed["tasks"])) and set(d["cross_effect"]) == set(seed["tasks"])
+    off = [seed["cross_effect"][s][t] for s in seed["tasks"] for t in seed["tasks"] if s != t]
+    assert d["cross_off_diagonal"]["mean"] == pytest.approx(sum(off) / len(off))
+    assert any("experts alone" in line for line in logs)
     html = (tmp_path / "demo" / "report.html").read_text()
-    assert html.count("Plotly.newPlot") >= 6
+    assert html.count("Plotly.newPlot") >= 7 and "Each expert alone on every task" in html
     assert (tmp_path / "demo" / "summary.csv").read_text().count("\n") == len(written["methods"]) + 1
     assert "swudi" in format_table(summary) and any("base-with-heads" in line for line in logs)
     # a re-run reuses the cached seed result (keyed by zoo manifest + settings) and gives the same summary
