@@ -45,7 +45,7 @@ def test_one_expert_merges_to_itself_and_average_is_task_arithmetic_at_one_over_
     assert "scale=1" in mr.table(scaled, "scale")
 
 
-def test_own_response_rows_share_the_gain_and_cross_effect_reuses_the_base_scores(tmp_path):
+def test_own_response_rows_cross_effect_diagonal_and_task_vector_cosines(tmp_path):
     mr = _load("merge_regime")
     zoo = build_zoo(tmp_path, seed=0, config=ZooConfig.micro(), progress=False)
     score = mr.Scorer(zoo, images=None)

@@ -1014,8 +1014,9 @@ would show its gains on the diagonal and pale cells elsewhere; here most off-dia
 red, and whole rows (colour's task vector above all) are deep red. Each of those experts alone
 already takes points from the other tasks; a merge of all eight adds the damage of seven experts
 to each task and keeps only about an eighth of each one's own gain, which is why every method keeps
-only a small share of the experts' gain. The levers are the model's, not the merge's: more width and a longer pretraining
-make task vectors add up better (the README compares two bases).
+only a small share of the experts' gain. The levers are the model's, not the merge's: more width,
+a longer pretraining and smaller task vectors make experts add up better (the README compares two
+bases and three fine-tuning learning rates).
 """),
     md("""
 ## SWUDI's two knobs: `kappa` and `r`
