@@ -4,7 +4,8 @@
                     [--device auto] [--dtype float32] --out merged.safetensors [--report report.json]
     swudi-lab methods
     swudi-lab zoo build [--seeds 0 1 2] [--pretrain]      (the offline ViT expert zoo)
-    swudi-lab zoo build --root DIR --lr 3e-4 [--steps N]  (a fine-tuning variant, in its own root)
+    swudi-lab zoo build --root DIR --lr 3e-4 [--steps N] [--head-scale S] [--trainable attention]
+                                                         (a fine-tuning variant, in its own root)
     swudi-lab demo [--seeds 0 1 2] [--quick] | --toy      (make demo)
     swudi-lab bench [merge_cost.py arguments]            (time and peak memory per method)
 
@@ -139,10 +140,15 @@ def _add_zoo(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--lr", type=float, default=None, help="variant: fine-tuning learning rate (default 2e-4; needs --root)")
     p.add_argument("--steps", type=int, default=None, help="variant: fine-tuning steps (default 400; needs --root)")
+    p.add_argument("--head-scale", type=float, default=None,
+                   help="variant: s in the heads' logits s*cos(f, p_k) (default 30; CLIP's is 100; needs --root)")
+    p.add_argument("--trainable", choices=["all", "attention"], default=None,
+                   help="variant: what fine-tuning moves (default all; needs --root)")
 
 
 def _zoo_config(args):
-    """The zoo config of ``swudi-lab zoo``: the default one, or a fine-tuning variant (``--lr``, ``--steps``).
+    """The zoo config of ``swudi-lab zoo``: the default one, or a fine-tuning variant (``--lr``, ``--steps``,
+    ``--head-scale``, ``--trainable``).
 
     A variant must live in its own ``--root``: built into the default cache it would replace the zoo
     that ``make demo`` and the notebooks use (and they would rebuild theirs on the next run).
@@ -151,13 +157,15 @@ def _zoo_config(args):
 
     from swudi_lab.zoo import ZooConfig
 
-    overrides = {k: v for k, v in (("lr", args.lr), ("steps", args.steps)) if v is not None}
+    names = ("lr", "steps", "head_scale", "trainable")
+    overrides = {k: getattr(args, k, None) for k in names if getattr(args, k, None) is not None}
     if not overrides:
         return ZooConfig()
     if args.root is None:
-        raise ValueError("a fine-tuning variant (--lr, --steps) needs its own --root, e.g. --root data/zoo_variants/lr3e-4")
-    if overrides.get("lr", 1.0) <= 0 or overrides.get("steps", 1) <= 0:
-        raise ValueError(f"--lr and --steps must be positive, got {overrides}")
+        raise ValueError("a fine-tuning variant (--lr, --steps, --head-scale, --trainable) needs its own --root, "
+                         "e.g. --root data/zoo_variants/lr3e-4")
+    if any(overrides.get(k, 1) <= 0 for k in ("lr", "steps", "head_scale")):
+        raise ValueError(f"--lr, --steps and --head-scale must be positive, got {overrides}")
     config = ZooConfig()
     return replace(config, finetune=replace(config.finetune, **overrides))
 

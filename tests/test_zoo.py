@@ -246,6 +246,24 @@ def test_shipped_seed0_release_is_intact(tmp_path):
     m = zoo.manifest
     assert len(zoo.tasks) == 8 and set(m["targets"]) >= {"avg_gain", "mean_ratio", "gain_met", "ratio_met", "merge_met"}
     assert m["pretrained"]["sha256"] == json.loads((DATA_DIR / "pretrained" / f"{m['pretrained']['name']}.json").read_text())["sha256"]
+    assert m["config_key"] == ZooConfig().key()  # the default recipe is the shipped one (new options keep old keys)
+
+
+def test_attention_only_finetuning_moves_only_the_attention_projections():
+    from swudi_lab.zoo.train import FinetuneRecipe, finetune
+
+    cfg = ZooConfig.micro()
+    base = make_backbone(cfg.backbone, seed=0).state_dict()
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8), np.arange(16) % 3
+    head = (torch.randn(3, cfg.backbone.embed_dim, generator=torch.Generator().manual_seed(0)), torch.zeros(3))
+    recipe = FinetuneRecipe(steps=2, batch_size=8, lr=1e-2, warmup=1, trainable="attention")
+    out = finetune(base, lambda: make_backbone(cfg.backbone), head, x, y, recipe)
+    moved = {k for k in base if not torch.equal(base[k], out[k])}
+    assert moved == {k for k in base if ".attn." in k}  # qkv and proj, weights and biases; nothing else
+    assert "trainable" not in FinetuneRecipe().to_dict() and recipe.to_dict()["trainable"] == "attention"
+    with pytest.raises(ValueError, match="trainable"):
+        finetune(base, lambda: make_backbone(cfg.backbone), head, x, y, FinetuneRecipe(steps=1, trainable="mlp"))
 
 
 @pytest.mark.xfail(strict=True, reason="known gap: the shipped seed-0 experts gain +28.0 points over base-with-heads "

@@ -153,6 +153,7 @@ class ZooConfig:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["tasks"] = list(self.tasks)
+        d["finetune"] = self.finetune.to_dict()
         return d
 
     @classmethod

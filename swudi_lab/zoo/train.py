@@ -11,7 +11,8 @@
   ``||f||`` is a positive per-sample constant, so evaluation uses an ordinary linear head.
 * :func:`finetune` -- fine-tunes the *whole backbone* from the base with the head frozen
   (AdamW, small learning rate, a few hundred steps, warm-up + cosine), so each task lives in the
-  backbone's task vector ``tau = W_expert - W_base``.
+  backbone's task vector ``tau = W_expert - W_base``. A variant moves the attention projections
+  only (``FinetuneRecipe(trainable="attention")``).
 
 Functions take any backbone module and any ``(x uint8 (N,H,W,3), y)`` arrays, so the online
 recipe (hub ViT, torchvision datasets) goes through the same code.
@@ -78,9 +79,13 @@ class FinetuneRecipe:
     prototype_images: int = 500  # training images per task used to fit the prototypes
     optimizer: str = "adamw"  # "adamw" or "sgd" (momentum 0.9, nesterov)
     head: str = "prototype"  # "prototype": s*cos(f, p_k); "centered": s*p_k.(f - mu)/rho (linear, see prototype_heads)
+    trainable: str = "all"  # "all" or "attention" (only attn.qkv / attn.proj move; see trainable_parameters)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["trainable"] == "all":  # the default is left out, so zoos built before the option keep their keys
+            del d["trainable"]
+        return d
 
 
 def _lr_at(step, steps, warmup, lr):
@@ -156,6 +161,28 @@ def prototype_heads(backbone, x, y, n_classes: int, scale: float = 30.0, device=
     return (scale * P).contiguous(), torch.zeros(n_classes)
 
 
+TRAINABLE = ("all", "attention")
+
+
+def trainable_parameters(model: torch.nn.Module, which: str = "all") -> list[torch.nn.Parameter]:
+    """The parameters fine-tuning moves; the others get ``requires_grad=False``.
+
+    ``"all"``: every parameter (the CLIP task-vector recipe). ``"attention"``: only the attention
+    projections (``attn.qkv``, ``attn.proj``, weights and biases) -- fine-tuning the attention
+    modules alone is reported to give more weight-disentangled task vectors (Jin et al., ICLR 2025).
+    """
+    if which not in TRAINABLE:
+        raise ValueError(f"unknown trainable set {which!r}; choose from {', '.join(TRAINABLE)}")
+    keep = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(which == "all" or ".attn." in f".{name}")
+        if p.requires_grad:
+            keep.append(p)
+    if not keep:
+        raise ValueError(f"trainable={which!r} selects no parameter of {type(model).__name__}")
+    return keep
+
+
 def finetune(
     base_state: dict,
     make_module: Callable[[], torch.nn.Module],
@@ -167,7 +194,7 @@ def finetune(
     device="cpu",
     progress=None,
 ) -> dict[str, torch.Tensor]:
-    """Fine-tune a copy of the backbone (all parameters) with a frozen head; return its state dict.
+    """Fine-tune a copy of the backbone (``recipe.trainable``) with a frozen head; return its state dict.
 
     Loss: ``CE(s * normalize(f(x)) @ P^T + b, y)`` with ``(s P, b) = head`` fixed. ``seed``
     controls data order and augmentation. The returned tensors are float32 on CPU.
@@ -185,10 +212,11 @@ def finetune(
     xt = to_tensor(x)
     yt = torch.as_tensor(np.array(y)).long()
     n = len(yt)
+    params = trainable_parameters(model, recipe.trainable)
     if recipe.optimizer == "adamw":
-        opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+        opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
     elif recipe.optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True, weight_decay=recipe.weight_decay)
+        opt = torch.optim.SGD(params, lr=recipe.lr, momentum=0.9, nesterov=True, weight_decay=recipe.weight_decay)
     else:
         raise ValueError(f"unknown optimizer {recipe.optimizer!r} (adamw or sgd)")
     for step, idx in enumerate(_batch_indices(n, recipe.batch_size, recipe.steps, gen)):
