@@ -33,8 +33,18 @@ and still recovers a large share of the gain).
   along). ``--cross`` also prints the task vectors' pairwise cosines: small cosines with a large
   cross effect mean interference through the network's function, not overlapping weights.
 
+A last table asks *what* a merge of all the tasks loses: the features, or their alignment with the
+fixed heads.
+
+* **Heads vs probes.** For the base, the experts and each merge: the mean accuracy through the
+  fixed task heads next to that of a linear probe fitted on the model's own features of each task's
+  training split (:func:`swudi_lab.evaluate.probe_accuracy`), and the share of the gain each keeps
+  (the probe's share is measured between the base's and the experts' probe accuracies). A merge
+  that keeps much of the probe gain but little of the head gain kept what the experts learned and
+  lost its alignment with the heads. The probe uses task data: it is a diagnostic, not a merge.
+
     python benchmarks/merge_regime.py --seed 0 --sizes 1 2 4 8 --subsets 3 --scales 0.125 0.25 0.5 1 \
-        --alphas 0.125 0.25 0.5 1 --cross
+        --alphas 0.125 0.25 0.5 1 --cross --probe
 """
 
 from __future__ import annotations
@@ -85,12 +95,16 @@ class Scorer:
         self.base_acc = evaluate_backbone(self.base, zoo, self.data, device=device)
         self.expert_acc = {t: evaluate_backbone(e, zoo, {t: self.data[t]}, device=device)[t] for t, e in self.experts.items()}
 
-    def __call__(self, tasks, method: str, params: dict) -> dict:
-        """Merge the experts of ``tasks`` with a registry method; score the merge on those tasks."""
+    def merged(self, tasks, method: str, params: dict) -> tuple[dict, float]:
+        """The merged state dict of the experts of ``tasks`` (a registry method) and its seconds."""
         experts = {t: self.experts[t] for t in tasks}
         t0 = time.perf_counter()
         state = merge(self.base, experts, method, device=self.device, progress=False, **params).state_dict
-        seconds = time.perf_counter() - t0
+        return state, time.perf_counter() - t0
+
+    def __call__(self, tasks, method: str, params: dict) -> dict:
+        """Merge the experts of ``tasks`` with a registry method; score the merge on those tasks."""
+        state, seconds = self.merged(tasks, method, params)
         acc = evaluate_backbone(state, self.zoo, {t: self.data[t] for t in tasks}, device=self.device)
         return {"tasks": list(tasks), "avg_acc": average_accuracy(acc), "norm_acc": normalized_accuracy(acc, self.expert_acc),
                 "recovered": recovered_gain(acc, self.base_acc, self.expert_acc), "seconds": seconds}
@@ -135,6 +149,39 @@ def task_vector_cosines(score: Scorer) -> list[float]:
     tasks = list(flat)
     return [float(torch.nn.functional.cosine_similarity(flat[a], flat[b], dim=0))
             for i, a in enumerate(tasks) for b in tasks[i + 1:]]
+
+
+def heads_and_probes(score: Scorer, runs=RUNS, train_images: int | None = None, log=print) -> list[dict]:
+    """One row per model (base, experts, each merge of all the tasks): mean accuracy through the fixed
+    heads and through a linear probe on its own features, and the share of the gain each keeps."""
+    zoo, tasks = score.zoo, score.zoo.tasks
+    train = {t: tuple(a[:train_images] for a in zoo.train_data(t)) for t in tasks}
+
+    def probe(state, on):
+        return E.probe_accuracy(state, zoo, {t: train[t] for t in on}, {t: score.data[t] for t in on}, device=score.device)
+
+    base_probe = probe(score.base, tasks)
+    expert_probe = {t: probe(e, [t])[t] for t, e in score.experts.items()}
+
+    def row(model, head, prb):
+        return {"model": model, "head": average_accuracy(head), "probe": average_accuracy(prb),
+                "head_kept": recovered_gain(head, score.base_acc, score.expert_acc),
+                "probe_kept": recovered_gain(prb, base_probe, expert_probe), "per_task_probe": prb}
+
+    rows = [row("base", score.base_acc, base_probe), row("experts (each on its own task)", score.expert_acc, expert_probe)]
+    for label, (m, p) in runs.items():
+        state, _ = score.merged(tasks, m, p)
+        rows.append(row(f"{label}, all {len(tasks)} tasks", evaluate_backbone(state, zoo, score.data, device=score.device),
+                        probe(state, tasks)))
+        log(f"probe {label} done")
+    return rows
+
+
+def probe_table(rows: list[dict]) -> str:
+    out = ["| model | head acc | probe acc | head: gain kept % | probe: gain kept % |", "|---|---|---|---|---|"]
+    out += [f"| {r['model']} | {r['head']:.1f} | {r['probe']:.1f} | {r['head_kept']:.1f} | {r['probe_kept']:.1f} |"
+            for r in rows]
+    return "\n".join(out)
 
 
 def response_table(rows: list[dict]) -> str:
@@ -188,6 +235,8 @@ def main(argv=None) -> None:
     p.add_argument("--scales", type=float, nargs="*", default=[0.125, 0.25, 0.5, 1.0], help="scales (none: skip)")
     p.add_argument("--alphas", type=float, nargs="*", default=[], help="own-response scales of each expert (none: skip)")
     p.add_argument("--cross", action="store_true", help="print the cross-effect matrix and the task-vector cosines")
+    p.add_argument("--probe", action="store_true", help="heads vs linear probes for the base, the experts and each merge")
+    p.add_argument("--probe-train", type=int, default=0, help="training images per task for the probes (0: all)")
     p.add_argument("--images", type=int, default=300, help="test images per task (0: the whole split)")
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
@@ -207,6 +256,8 @@ def main(argv=None) -> None:
         print(cross_table(cross_effect(score)))
         cos = task_vector_cosines(score)
         print(f"task-vector cosines (2-D matrices), {len(cos)} pairs: min {min(cos):.3f}, mean {np.mean(cos):.3f}, max {max(cos):.3f}")
+    if a.probe:
+        print(probe_table(heads_and_probes(score, train_images=a.probe_train or None)))
 
 if __name__ == "__main__":
     main()

@@ -19,6 +19,13 @@ Ortiz-Jimenez et al., NeurIPS 2023: merging works when adding ``tau_s`` leaves t
 * ``cross_effect``  -- ``acc_t(theta0 + tau_s) - acc_t(theta0)`` for every pair: the diagonal is each
   expert's gain, the off-diagonal entries what one expert alone does to the other tasks.
 
+A third one separates what a backbone *knows* from what its fixed heads *read*:
+
+* ``probe_accuracy`` -- accuracy of a linear probe fitted on the backbone's own features of each
+  task's training split (a ridge, i.e. Tikhonov, least-squares fit to one-hot labels; closed form).
+  It uses task data, so it is a diagnostic, never a merge: a merge whose probe accuracy is high
+  but whose head accuracy is low kept the features and lost their alignment with the heads.
+
 Reference rows: the base backbone with the task heads (``zoo.base``) and each expert on its own
 task (``expert_accuracies``).
 
@@ -60,6 +67,9 @@ __all__ = [
     "recovered_gain",
     "own_response",
     "cross_effect",
+    "RidgeProbe",
+    "ridge_probe",
+    "probe_accuracy",
     "mean_std",
     "reference_rows",
     "summarize_seeds",
@@ -346,6 +356,63 @@ def cross_effect(base: Mapping[str, torch.Tensor], experts: Mapping[str, Mapping
     for s, expert in experts.items():
         acc = evaluate_backbone(expert, zoo, tasks_data, device=device)
         out[s] = {t: acc[t] - base_acc[t] for t in acc}
+    return out
+
+
+@dataclass
+class RidgeProbe:
+    """A linear probe: ``scores = [(f - mean) / std, 1] @ weight`` (``weight``: ``(D+1, K)``, float64)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    weight: torch.Tensor
+
+    def design(self, features: torch.Tensor) -> torch.Tensor:
+        """``A``: the standardized features with a constant column appended, ``(n, D+1)``."""
+        g = (features.double() - self.mean) / self.std
+        return torch.cat([g, torch.ones(len(g), 1, dtype=g.dtype)], 1)
+
+    def predict(self, features: torch.Tensor) -> torch.Tensor:
+        return (self.design(features) @ self.weight).argmax(1)
+
+
+def ridge_probe(train_features: torch.Tensor, train_labels, n_classes: int, alpha: float = 1e-2) -> RidgeProbe:
+    """A linear probe fitted in closed form.
+
+    Features are standardized with the training mean and standard deviation and a constant column is
+    appended (``A``, ``n x (D+1)``); ``weight`` solves the Tikhonov normal equation
+    ``(A^T A + alpha n I) W = A^T Y``, ``Y`` the one-hot labels (float64). ``alpha`` is relative to
+    the number of images, so it means the same on any training-set size.
+    """
+    f = train_features.double()
+    y = torch.tensor(np.asarray(train_labels)).long()
+    if len(y) != len(f):
+        raise ValueError(f"{len(f)} feature rows but {len(y)} labels")
+    if int(y.max()) >= n_classes:
+        raise ValueError(f"labels go up to {int(y.max())} but n_classes is {n_classes}")
+    probe = RidgeProbe(f.mean(0), f.std(0).clamp_min(1e-6), torch.empty(0))
+    a = probe.design(f)
+    rhs = a.T @ torch.nn.functional.one_hot(y, n_classes).double()
+    probe.weight = torch.linalg.solve(a.T @ a + alpha * len(a) * torch.eye(a.shape[1], dtype=a.dtype), rhs)
+    return probe
+
+
+def probe_accuracy(backbone_or_state_dict, zoo, train_data: Mapping, test_data: Mapping, alpha: float = 1e-2,
+                   device: str | torch.device = "cpu") -> dict[str, float]:
+    """Top-1 accuracy (percent) of a :func:`ridge_probe` per task, fitted on ``train_data[t]``'s
+    features of this backbone and scored on ``test_data[t]``'s (every task of ``test_data``; classes
+    ``0..max label``). ``zoo`` supplies the backbone config of a state dict (``None`` with an
+    ``nn.Module``); data as in :func:`evaluate_backbone` (``task -> (x uint8 (M, H, W, 3), y)``)."""
+    from swudi_lab.zoo.train import features
+
+    model = _resolve_backbone(backbone_or_state_dict, zoo, torch.device(device))
+    out = {}
+    for t in test_data:
+        (xtr, ytr), (xte, yte) = _tasks_split(train_data, t), _tasks_split(test_data, t)
+        n_classes = int(max(np.max(ytr), np.max(yte))) + 1
+        probe = ridge_probe(features(model, xtr, device), ytr, n_classes, alpha)
+        pred = probe.predict(features(model, xte, device))
+        out[t] = 100.0 * float((pred == torch.tensor(np.asarray(yte)).long()).double().mean())
     return out
 
 

@@ -64,3 +64,20 @@ def test_own_response_rows_cross_effect_diagonal_and_task_vector_cosines(tmp_pat
     score.experts = {"x": e, "2x": {k: 2 * e[k] - w0 for k, w0 in score.base.items()},
                      "-x": {k: 2 * w0 - e[k] for k, w0 in score.base.items()}}
     assert mr.task_vector_cosines(score) == pytest.approx([1.0, -1.0, -1.0], abs=1e-9)
+
+
+def test_heads_and_probes_rows_keep_nothing_at_the_base_and_everything_at_the_experts(tmp_path):
+    import math
+
+    mr = _load("merge_regime")
+    zoo = build_zoo(tmp_path, seed=0, config=ZooConfig.micro(), progress=False)
+    score = mr.Scorer(zoo, images=None)
+    rows = mr.heads_and_probes(score, train_images=40, log=lambda _: None)
+    assert [r["model"] for r in rows[:2]] == ["base", "experts (each on its own task)"] and len(rows) == 2 + len(mr.RUNS)
+    base, experts = rows[0], rows[1]
+    assert base["head_kept"] == 0.0 and base["probe_kept"] == 0.0
+    for v in (experts["head_kept"], experts["probe_kept"]):  # nan only when no expert moved its probe at all
+        assert math.isnan(v) or v == pytest.approx(100.0)
+    assert all(set(r["per_task_probe"]) == set(zoo.tasks) for r in rows)
+    assert all(0.0 <= a <= 100.0 for r in rows for a in r["per_task_probe"].values())
+    assert "probe: gain kept" in mr.probe_table(rows)

@@ -13,7 +13,9 @@ from swudi_lab.evaluate import (
     measure,
     normalized_accuracy,
     own_response,
+    probe_accuracy,
     recovered_gain,
+    ridge_probe,
 )
 
 
@@ -118,3 +120,36 @@ def test_own_response_ends_at_the_base_and_the_expert_and_cross_effect_diagonal_
     same = cross_effect(base, {"copy": base}, zoo, data, base_acc=base_acc)
     assert same == {"copy": {t: 0.0 for t in zoo.tasks}}
     assert cross_effect(base, experts, zoo, data, base_acc=base_acc) == effect
+
+
+def test_ridge_probe_solves_the_tikhonov_normal_equation_and_ignores_feature_units():
+    g = torch.Generator().manual_seed(0)
+    f, y = torch.randn(60, 5, generator=g, dtype=torch.float64), torch.arange(60) % 3
+    Y = torch.nn.functional.one_hot(y, 3).double()
+    for alpha in (0.0, 0.1):  # (A^T A + alpha n I) W = A^T Y
+        p = ridge_probe(f, y, 3, alpha)
+        a = p.design(f)
+        assert (a.T @ (a @ p.weight - Y) + alpha * len(a) * p.weight).abs().max() < 1e-10
+    # standardized features: a positive scale and a shift per feature change no score
+    scale, shift = torch.rand(5, generator=g, dtype=torch.float64) + 0.5, torch.randn(5, generator=g, dtype=torch.float64)
+    p1, p2 = ridge_probe(f, y, 3, 0.1), ridge_probe(f * scale + shift, y, 3, 0.1)
+    test = torch.randn(40, 5, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(p1.design(test) @ p1.weight, p2.design(test * scale + shift) @ p2.weight)
+    with pytest.raises(ValueError, match="n_classes"):
+        ridge_probe(f, y, 2)
+    with pytest.raises(ValueError, match="labels"):
+        ridge_probe(f, y[:50], 3)
+
+
+class Blind(torch.nn.Module):
+    """Features that see nothing: zeros (B, 3)."""
+
+    def forward(self, x):
+        return torch.zeros(len(x), 3)
+
+
+def test_probe_accuracy_reads_what_the_features_hold():
+    train, test = _channel_task(60), _channel_task(30, seed=1)
+    assert probe_accuracy(ChannelMeans(), None, {"chan": train}, {"chan": test}) == {"chan": 100.0}
+    # blind features: the probe keeps its constant column only and predicts one class of three
+    assert probe_accuracy(Blind(), None, {"chan": train}, {"chan": test})["chan"] == pytest.approx(100 / 3)
