@@ -931,11 +931,12 @@ RUNS = {  # label: (registry method, parameters)
     f"swudi (kappa {PAPER_KAPPA_SWUDI:.3g}, r 0.65)": ("swudi", {"kappa": PAPER_KAPPA_SWUDI}),
     "swudi_a": ("swudi_a", {}),
 }
-table, seconds = {}, {}
+table, seconds, states = {}, {}, {}
 for label, (method, params) in RUNS.items():
     with E.measure(DEVICE) as m:
         merged = merge(base, experts, method, device=DEVICE, progress=False, **params)
-    table[label], seconds[label] = score(merged.state_dict), m.seconds
+    states[label], seconds[label] = merged.state_dict, m.seconds
+    table[label] = score(states[label])
 avg = {label: E.average_accuracy(acc) for label, acc in table.items()}
 print(f"{'method':<28s} {'avg acc':>8s} {'norm acc':>9s} {'merge s':>8s}")
 for label in RUNS:
@@ -1030,11 +1031,11 @@ experts learned and lost their alignment with the heads.
 """),
     code('''
 train = {t: tuple(a[:300] for a in zoo.train_data(t)) for t in zoo.tasks}  # 300 training images per task (CPU time)
-swudi_state = merge(base, experts, "swudi", device=DEVICE, progress=False, kappa=PAPER_KAPPA_SWUDI).state_dict
+swudi_label = f"swudi (kappa {PAPER_KAPPA_SWUDI:.3g}, r 0.65)"  # merged and scored above
 probe = {"base": E.probe_accuracy(base, zoo, train, data, device=DEVICE),
-         "swudi": E.probe_accuracy(swudi_state, zoo, train, data, device=DEVICE),
+         "swudi": E.probe_accuracy(states[swudi_label], zoo, train, data, device=DEVICE),
          "experts": {t: E.probe_accuracy(experts[t], zoo, {t: train[t]}, {t: data[t]}, device=DEVICE)[t] for t in zoo.tasks}}
-heads = {"base": base_acc, "swudi": table[f"swudi (kappa {PAPER_KAPPA_SWUDI:.3g}, r 0.65)"], "experts": expert_acc}
+heads = {"base": base_acc, "swudi": table[swudi_label], "experts": expert_acc}
 for name in heads:
     print(f"{name:8s} heads {E.average_accuracy(heads[name]):5.1f} %   probes {E.average_accuracy(probe[name]):5.1f} %")
 print(f"share of the gain SWUDI keeps: through the heads {E.recovered_gain(heads['swudi'], base_acc, expert_acc):.0f} %, "
