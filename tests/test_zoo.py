@@ -266,15 +266,23 @@ def test_attention_only_finetuning_moves_only_the_attention_projections():
         finetune(base, lambda: make_backbone(cfg.backbone), head, x, y, FinetuneRecipe(steps=1, trainable="mlp"))
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: the shipped seed-0 experts gain +28.0 points over base-with-heads "
-                   "(target +30; task vectors 7.8 % of the weights' RMS, within target) and the best spectral merge of "
-                   "all eight keeps 9 % of that gain (target 50 %): the experts are not weight-disentangled "
-                   "(an eighth of a task vector gives 16 % of its gain; one expert alone costs the others 13 points), "
-                   "and what the merge loses is mostly the features' alignment with the fixed heads (linear probes "
-                   "on the merged features keep 41-44 % of the gain); see its manifest and the README")
-def test_shipped_seed0_meets_the_targets():
+def _shipped_targets() -> dict:
     rel = DATA_DIR / "zoo_release" / "seed0" / "manifest.json"
     if not rel.exists():
         pytest.skip("no shipped release pack")
-    t = json.loads(rel.read_text())["targets"]
-    assert t["gain_met"] and t["ratio_met"] and t["merge_met"], t
+    return json.loads(rel.read_text())["targets"]
+
+
+def test_shipped_seed0_meets_the_gain_and_size_targets():
+    t = _shipped_targets()
+    assert t["avg_gain"] >= t["min_avg_gain"] and t["gain_met"], t
+    lo, hi = t["ratio_range"]
+    assert lo <= t["mean_ratio"] <= hi and t["ratio_met"], t
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: the best spectral merge of the shipped seed-0 experts keeps "
+                   "47 % of their gain over base-with-heads (target 50 %); on the GPU-pretrained base merges keep "
+                   "41-47 % (5-9 % on the earlier CPU base); see its manifest and the README")
+def test_shipped_seed0_best_merge_keeps_half_the_gain():
+    t = _shipped_targets()
+    assert t["best_recovered"] >= t["min_recovered"] and t["merge_met"], t
