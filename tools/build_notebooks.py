@@ -912,10 +912,10 @@ times are shown at the paper's values (`t = 1300` for SWUDI, tuned on CLIP ViT-B
 `d_in = 768`) and **scale-matched** through `kappa = t N / d_in` (DESIGN.md "Scale"): the same
 `kappa` as the paper's layers, i.e. `t = kappa d_in / N` per layer. WUDI's learning rate is likewise
 shown at the paper's `lr = 1e-5` and scale-matched: Adam moves each entry by about `lr` per step, so
-`lr = lr_rel * RMS(tau)` per layer, with `lr_rel = 0.06` chosen once on this zoo with
+`lr = lr_rel * RMS(tau)` per layer, with `lr_rel = 0.038` chosen once on this zoo with
 `swudi_lab.demo.calibrate_wudi_lr` so that 300 Adam steps act like the exponential filter at the
-paper's `kappa ~ 3` (the task vectors here have entries of about `2e-3` RMS, so `lr = 1e-5` acts
-like `kappa ~ 0.05`: WUDI barely leaves its sum init).
+paper's `kappa ~ 3` (the task vectors here have entries of about `1.6e-3` RMS, so `lr = 1e-5` acts
+like `kappa ~ 0.1`: WUDI barely leaves its sum init).
 """),
     code('''
 from swudi_lab.demo import PAPER_KAPPA_IWUDI, PAPER_KAPPA_SWUDI
@@ -925,7 +925,7 @@ RUNS = {  # label: (registry method, parameters)
     "task arithmetic": ("task_arithmetic", {}),
     "ties": ("ties", {}),
     "wudi (lr 1e-5)": ("wudi", {}),
-    "wudi (lr_rel 0.06)": ("wudi", {"lr_rel": 0.06}),
+    "wudi (lr_rel 0.038)": ("wudi", {"lr_rel": 0.038}),
     "closed form": ("closed_form", {}),
     "swudi (t 1300, r 0.65)": ("swudi", {}),
     f"swudi (kappa {PAPER_KAPPA_SWUDI:.3g}, r 0.65)": ("swudi", {"kappa": PAPER_KAPPA_SWUDI}),
@@ -947,7 +947,7 @@ print(f"{'experts (own task)':<28s} {E.average_accuracy(expert_acc):8.2f}")
     code('''
 # What the filters buy: the same task vectors summed with task arithmetic's scale interfere far more.
 # (How far a merge gets above the base itself depends on the zoo: on the offline one, with eight
-# tasks on a 0.8 M-parameter ViT, the best merges keep about a fifth of the experts' gain; see below.)
+# tasks on a 0.8 M-parameter ViT, the best merges keep 41-47 % of the experts' gain; see below.)
 base_avg = E.average_accuracy(base_acc)
 for label in [l for l in avg if l.startswith("swudi")]:
     print(f"{label:<28s} {avg[label]:.2f}%  ({avg[label] - avg['task arithmetic']:+.2f} over task arithmetic, "
@@ -965,18 +965,19 @@ fig.update_layout(margin=dict(l=200))  # room for the method labels
     md("""
 **What to look at.** WUDI at the paper's `lr = 1e-5` barely leaves its start, the plain sum of the
 task vectors (task arithmetic scales that sum by 0.3): on this zoo the task-vector entries are about
-`2e-3`, so the absolute learning rate is far too small; scale-matched it behaves like the spectral
+`1.6e-3`, so the absolute learning rate is far too small; scale-matched it behaves like the spectral
 methods. Those take about a second for the whole model (notebook 6). Differences of a point or two
 between methods are within the noise of `8 × N_TEST` test images; `make demo` reports three expert
-seeds on the full test sets. Expect every merge of all eight tasks to keep only a small share of
-the experts' gain: eight tasks on a 0.8 M-parameter ViT leave a merge little room, and the filters
-cannot remove interference that the normal equation itself contains. `benchmarks/merge_regime.py`
-measures it (seed 0): with two tasks the exponential and SWUDI filters keep about 80 % of the gain,
-the closed form 70 % and averaging 57 % (the paper's ordering); with eight, every merge keeps about
-a tenth and the closed form nothing. The README discusses what that means for the paper's claims.
+seeds on the full test sets. Expect a merge of all eight tasks to keep less than half of the
+experts' gain: eight tasks on a 0.8 M-parameter ViT leave a merge less room than CLIP's 88 M, and
+the filters cannot remove interference that the normal equation itself contains.
+`benchmarks/merge_regime.py` measures it (three expert seeds): with two tasks the filters and the
+closed form keep about 82 % of the gain and averaging 64 %; with eight, the filters keep 43-44 %,
+the closed form 41 % and averaging or task arithmetic about 22 %: the paper's ordering. The README
+discusses what that means for the paper's claims.
 """),
     md("""
-## Why eight tasks crowd this model: weight disentanglement
+## How far the experts are from weight disentanglement
 
 Merging works when the experts are *weight-disentangled* (Ortiz-Jiménez et al., NeurIPS 2023):
 adding one expert's task vector `tau_s` leaves every other task's outputs alone, and a fraction of
@@ -992,9 +993,9 @@ one expert at a time, before any merge:
   disentangled experts, negative where `tau_s` damages task t.
 
 Neither is about a merge method: they tell how much room a zoo leaves to all of them. (On the full
-test splits of three expert seeds, `benchmarks/merge_regime.py --alphas 0.125 0.25 0.5 1 --cross`
-measures 15-16 % of the gain at `alpha = 1/8`, an off-diagonal mean of about -13 points, and
-colour's task vector costing the other tasks 14 to 50 points each.)
+test splits of three expert seeds, `make demo` measures 22 % of the gain at `alpha = 1/8`, an
+off-diagonal mean of about -9.5 points, and colour's task vector costing the other tasks 26 points
+on average and up to 51.)
 """),
     code('''
 alpha = 1 / len(experts)
@@ -1011,13 +1012,13 @@ fig.update_layout(margin=dict(l=160))
 '''),
     md("""
 **Reading the matrix.** Rows are the expert added, columns the task scored. A weight-disentangled zoo
-would show its gains on the diagonal and pale cells elsewhere; here most off-diagonal cells are
-red, and whole rows (colour's task vector above all) are deep red. Each of those experts alone
-already takes points from the other tasks; a merge of all eight adds the damage of seven experts
-to each task and keeps only about an eighth of each one's own gain, which is why every method keeps
-only a small share of the experts' gain. The levers are the model's, not the merge's: more width,
-a longer pretraining and smaller task vectors make experts add up better (the README compares two
-bases and three fine-tuning learning rates).
+would show its gains on the diagonal and pale cells elsewhere; here many off-diagonal cells are red,
+colour's row the deepest, while letters' and patterns' rows stay pale. Each of those experts alone
+already takes points from the other tasks, and a merge of all eight adds the damage of seven
+experts to each task: that is why no method keeps more than about half of the experts' gain. The
+levers are the model's, not the merge's: a longer pretraining on more images made experts that add
+up far better (the README compares three bases: merges of all eight kept 5-9 % of the gain on the
+second and keep 41-47 % on this one).
 """),
     md("""
 ## What a merge loses: the features, or their alignment with the heads?
@@ -1041,14 +1042,14 @@ print(f"experts on their own task, through the heads: {E.average_accuracy(expert
 assert E.average_accuracy(probe["base"]) > E.average_accuracy(base_acc)  # the base's features hold more than its heads read
 '''),
     md("""
-**Reading it.** The base's features already hold much more of every task than the prototype heads
-read: a large part of the experts' gain is alignment of the features with the fixed heads (the
-experts themselves read about as well through their heads as through probes). The merged backbone
-gains over the base both ways. Turning that into shares of the experts' gain needs the experts'
-probes too: `benchmarks/merge_regime.py --probe` fits them (on all 4000 training images, stronger
-probes than these 300-image ones) and scores the whole test splits. Over three expert seeds the
-filters keep 41-44 % of the probes' gain and 5-6 % through the heads: on this zoo the merge loses
-mostly the alignment, not the features.
+**Reading it.** The base's features already hold more of every task than the prototype heads
+read: part of the experts' gain is alignment of the features with the fixed heads (the experts
+themselves read about as well through their heads as through probes). The merged backbone gains
+over the base both ways. Turning that into shares of the experts' gain needs the experts' probes
+too: `benchmarks/merge_regime.py --probe` fits them (on all 4000 training images, stronger probes
+than these 300-image ones) and scores the whole test splits. Over three expert seeds the filters
+keep 54-56 % of the probes' gain and 43-44 % through the heads: about half of what the experts
+learned survives in the merged features, and the heads read most of what survives.
 """),
     md("""
 ## SWUDI's two knobs: `kappa` and `r`
