@@ -105,13 +105,26 @@ def _batch_indices(n: int, batch_size: int, steps: int, gen: torch.Generator):
         pos += batch_size
 
 
+def _batches(x, y, batch_size: int, steps: int, shift: int, gen: torch.Generator, device):
+    """``steps`` augmented mini-batches ``(xb, yb)`` on ``device``.
+
+    The images move to ``device`` once (a GPU is not fed batch by batch from the CPU); the batch
+    indices and the shifts are drawn on the CPU from ``gen``, so every device sees the same stream.
+    """
+    xt = to_tensor(x).to(device)
+    yt = torch.as_tensor(np.array(y)).long().to(device)
+    for idx in _batch_indices(len(yt), batch_size, steps, gen):
+        idx = idx.to(device)
+        yield _random_shift(xt[idx], shift, gen), yt[idx]
+
+
 def _random_shift(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
     """Translate each image by up to ``shift`` pixels (reflect padding), per-sample offsets."""
     if shift <= 0:
         return x
     b, _, h, w = x.shape
     xp = F.pad(x, (shift, shift, shift, shift), mode="reflect")
-    off = torch.randint(0, 2 * shift + 1, (b, 2), generator=gen).to(x.device)  # drawn on the CPU: same stream everywhere
+    off = torch.randint(0, 2 * shift + 1, (b, 2), generator=gen).to(x.device)  # drawn on the CPU (see _batches)
     rows = (torch.arange(h, device=x.device)[None, :] + off[:, :1]).long()  # (b, h)
     cols = (torch.arange(w, device=x.device)[None, :] + off[:, 1:]).long()  # (b, w)
     idx_b = torch.arange(b, device=x.device)[:, None, None]
@@ -209,9 +222,6 @@ def finetune(
     P = (W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)).to(device)
     W_lin = W.to(device)
     b = b.to(device)
-    xt = to_tensor(x)
-    yt = torch.as_tensor(np.array(y)).long()
-    n = len(yt)
     params = trainable_parameters(model, recipe.trainable)
     if recipe.optimizer == "adamw":
         opt = torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -219,15 +229,14 @@ def finetune(
         opt = torch.optim.SGD(params, lr=recipe.lr, momentum=0.9, nesterov=True, weight_decay=recipe.weight_decay)
     else:
         raise ValueError(f"unknown optimizer {recipe.optimizer!r} (adamw or sgd)")
-    for step, idx in enumerate(_batch_indices(n, recipe.batch_size, recipe.steps, gen)):
-        xb = _random_shift(xt[idx], recipe.shift, gen).to(device)
+    for step, (xb, yb) in enumerate(_batches(x, y, recipe.batch_size, recipe.steps, recipe.shift, gen, device)):
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, recipe.steps, recipe.warmup, recipe.lr)
         if recipe.head == "centered":
             logits = model(xb) @ W_lin.T + b
         else:
             logits = scale * F.normalize(model(xb), dim=1) @ P.T + b
-        loss = F.cross_entropy(logits, yt[idx].to(device))
+        loss = F.cross_entropy(logits, yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -291,28 +300,21 @@ def pretrain(
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr
     )
-    xt = to_tensor(xtr).to(device)  # the whole mixture lives where the model trains (a GPU is not fed by the CPU)
-    yt = torch.as_tensor(ytr).long().to(device)
-    n = len(yt)
     history = []
+    xv, yv = to_tensor(xva).to(device), torch.as_tensor(yva).long().to(device)  # converted once, scored at every eval
 
     @torch.no_grad()
     def val_acc():
         model.eval()
-        correct = 0
-        xv = to_tensor(xva)
-        for i in range(0, len(xv), 1000):
-            correct += int((model(xv[i : i + 1000].to(device)).argmax(1).cpu() == torch.as_tensor(yva[i : i + 1000])).sum())
+        correct = sum(int((model(xv[i : i + 1000]).argmax(1) == yv[i : i + 1000]).sum()) for i in range(0, len(yv), 1000))
         model.train()
-        return 100.0 * correct / len(yva)
+        return 100.0 * correct / len(yv)
 
     run_loss = 0.0
-    for step, idx in enumerate(_batch_indices(n, recipe.batch_size, recipe.steps, gen)):
-        idx = idx.to(device)
-        xb = _random_shift(xt[idx], recipe.shift, gen)
+    for step, (xb, yb) in enumerate(_batches(xtr, ytr, recipe.batch_size, recipe.steps, recipe.shift, gen, device)):
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, recipe.steps, recipe.warmup, recipe.lr)
-        loss = F.cross_entropy(model(xb), yt[idx], label_smoothing=recipe.label_smoothing)
+        loss = F.cross_entropy(model(xb), yb, label_smoothing=recipe.label_smoothing)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
