@@ -144,11 +144,13 @@ def _add_zoo(sub) -> None:
                    help="variant: s in the heads' logits s*cos(f, p_k) (default 30; CLIP's is 100; needs --root)")
     p.add_argument("--trainable", choices=["all", "attention"], default=None,
                    help="variant: what fine-tuning moves (default all; needs --root)")
+    p.add_argument("--head", choices=["prototype", "centered"], default=None,
+                   help="variant: the fixed heads, s*cos(f, p_k) or the centred s*p_k.(f - mu)/rho (default prototype; needs --root)")
 
 
 def _zoo_config(args):
     """The zoo config of ``swudi-lab zoo``: the default one, or a fine-tuning variant (``--lr``, ``--steps``,
-    ``--head-scale``, ``--trainable``).
+    ``--head-scale``, ``--trainable``, ``--head``).
 
     A variant must live in its own ``--root``: built into the default cache it would replace the zoo
     that ``make demo`` and the notebooks use (and they would rebuild theirs on the next run).
@@ -157,12 +159,12 @@ def _zoo_config(args):
 
     from swudi_lab.zoo import ZooConfig
 
-    names = ("lr", "steps", "head_scale", "trainable")
+    names = ("lr", "steps", "head_scale", "trainable", "head")
     overrides = {k: getattr(args, k, None) for k in names if getattr(args, k, None) is not None}
     if not overrides:
         return ZooConfig()
     if args.root is None:
-        raise ValueError("a fine-tuning variant (--lr, --steps, --head-scale, --trainable) needs its own --root, "
+        raise ValueError("a fine-tuning variant (--lr, --steps, --head-scale, --trainable, --head) needs its own --root, "
                          "e.g. --root data/zoo_variants/lr3e-4")
     if any(overrides.get(k, 1) <= 0 for k in ("lr", "steps", "head_scale")):
         raise ValueError(f"--lr, --steps and --head-scale must be positive, got {overrides}")

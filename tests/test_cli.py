@@ -108,8 +108,8 @@ def test_zoo_build_variant_needs_its_own_root_and_changes_only_the_finetuning(tm
     assert variant.backbone == default.backbone and variant.pretrained == default.pretrained
     assert variant.key() != default.key()  # a variant never passes for the default cache, nor the reverse
     assert _zoo_config(argparse.Namespace(root=None, lr=None, steps=None)).key() == default.key()
-    args = argparse.Namespace(root=str(tmp_path), lr=None, steps=None, head_scale=100.0, trainable="attention")
+    args = argparse.Namespace(root=str(tmp_path), lr=None, steps=None, head_scale=100.0, trainable="attention", head="centered")
     other = _zoo_config(args).finetune
-    assert (other.head_scale, other.trainable, other.lr) == (100.0, "attention", default.finetune.lr)
+    assert (other.head_scale, other.trainable, other.head, other.lr) == (100.0, "attention", "centered", default.finetune.lr)
     assert main(["zoo", "build", "--root", str(tmp_path), "--head-scale", "-1"]) != 0
     assert "positive" in capsys.readouterr().err
