@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import swudi_lab  # noqa: F401  (torchvision shim before any timm import)
 
@@ -137,6 +138,8 @@ def _add_zoo(sub) -> None:
                    help="first reproduce the pretrained base (7.6 min on one H200 with --device cuda; hours on a CPU) into --pretrained-out")
     p.add_argument("--pretrained-out", default="data/pretrained/reproduced",
                    help="where --pretrain writes (the shipped base in data/pretrained is never overwritten)")
+    p.add_argument("--pretrain-steps", type=int, default=None,
+                   help="--pretrain with this many steps instead of the recipe's 14000 (written as <name>_steps<N>)")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--lr", type=float, default=None, help="variant: fine-tuning learning rate (default 2e-4; needs --root)")
     p.add_argument("--steps", type=int, default=None, help="variant: fine-tuning steps (default 400; needs --root)")
@@ -146,11 +149,14 @@ def _add_zoo(sub) -> None:
                    help="variant: what fine-tuning moves (default all; needs --root)")
     p.add_argument("--head", choices=["prototype", "centered"], default=None,
                    help="variant: the fixed heads, s*cos(f, p_k) or the centred s*p_k.(f - mu)/rho (default prototype; needs --root)")
+    p.add_argument("--pretrained", default=None,
+                   help="variant: build the experts on another base: a name in data/pretrained or a .safetensors "
+                        "path with its .json beside it, e.g. one written by --pretrain (needs --root)")
 
 
 def _zoo_config(args):
     """The zoo config of ``swudi-lab zoo``: the default one, or a fine-tuning variant (``--lr``, ``--steps``,
-    ``--head-scale``, ``--trainable``, ``--head``).
+    ``--head-scale``, ``--trainable``, ``--head``) or another base (``--pretrained``).
 
     A variant must live in its own ``--root``: built into the default cache it would replace the zoo
     that ``make demo`` and the notebooks use (and they would rebuild theirs on the next run).
@@ -159,16 +165,24 @@ def _zoo_config(args):
 
     from swudi_lab.zoo import ZooConfig
 
+    from swudi_lab.zoo.build import _pretrained_paths
+
     names = ("lr", "steps", "head_scale", "trainable", "head")
     overrides = {k: getattr(args, k, None) for k in names if getattr(args, k, None) is not None}
-    if not overrides:
+    base = getattr(args, "pretrained", None)
+    if not overrides and base is None:
         return ZooConfig()
     if args.root is None:
-        raise ValueError("a fine-tuning variant (--lr, --steps, --head-scale, --trainable, --head) needs its own --root, "
-                         "e.g. --root data/zoo_variants/lr3e-4")
+        raise ValueError("a variant (--lr, --steps, --head-scale, --trainable, --head, --pretrained) needs its own "
+                         "--root, e.g. --root data/zoo_variants/lr3e-4")
     if any(overrides.get(k, 1) <= 0 for k in ("lr", "steps", "head_scale")):
         raise ValueError(f"--lr, --steps and --head-scale must be positive, got {overrides}")
     config = ZooConfig()
+    if base is not None:
+        missing = [str(p) for p in _pretrained_paths(base) if not p.is_file()]
+        if missing and not getattr(args, "pretrain", False):  # with --pretrain it may be the base about to be written
+            raise ValueError(f"--pretrained {base}: {', '.join(missing)} not found")
+        config = replace(config, pretrained=base)
     return replace(config, finetune=replace(config.finetune, **overrides))
 
 
@@ -187,12 +201,23 @@ def _cmd_zoo(args) -> int:
         return 0
     config = _zoo_config(args)  # a bad variant fails here, before any long run
     if args.pretrain:
-        info = build_pretrained(out_dir=args.pretrained_out, device=args.device)
+        from dataclasses import replace
+
+        from swudi_lab.zoo.train import PretrainRecipe
+
+        recipe, name = PretrainRecipe(), DEFAULT_PRETRAINED
+        if args.pretrain_steps is not None:
+            if args.pretrain_steps <= 0:
+                raise ValueError(f"--pretrain-steps must be positive, got {args.pretrain_steps}")
+            recipe, name = replace(recipe, steps=args.pretrain_steps), f"{name}_steps{args.pretrain_steps}"
+        info = build_pretrained(name, recipe=recipe, out_dir=args.pretrained_out, device=args.device)
+        print(f"wrote {Path(args.pretrained_out) / name}.safetensors (build experts on it with --pretrained and a --root)")
         shipped = DATA_DIR / "pretrained" / f"{DEFAULT_PRETRAINED}.json"
         same = shipped.is_file() and json.loads(shipped.read_text()).get("sha256") == info["sha256"]
         print(f"pretrained base: val acc {info.get('val_accuracy', float('nan')):.2f}%, sha256 {info['sha256'][:16]}... "
-              + ("(identical to the shipped base)" if same else "(differs from the shipped base; the zoo keeps "
-                 "using the shipped one: float results depend on the machine and thread count)"))
+              + ("(identical to the shipped base)" if same else "(differs from the shipped base: another recipe, or "
+                 "float results that depend on the machine and thread count)"))
+        print(f"the experts are built on {config.pretrained}")
     for seed in args.seeds:
         print(build_zoo(args.root or ZOO_ROOT, seed, config=config, force=args.force, device=args.device))
     return 0
@@ -236,7 +261,6 @@ def _add_bench(sub) -> None:
 
 def _cmd_bench(args) -> int:
     import importlib.util
-    from pathlib import Path
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "merge_cost.py"
     if not script.is_file():

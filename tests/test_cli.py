@@ -113,3 +113,29 @@ def test_zoo_build_variant_needs_its_own_root_and_changes_only_the_finetuning(tm
     assert (other.head_scale, other.trainable, other.head, other.lr) == (100.0, "attention", "centered", default.finetune.lr)
     assert main(["zoo", "build", "--root", str(tmp_path), "--head-scale", "-1"]) != 0
     assert "positive" in capsys.readouterr().err
+
+
+def test_zoo_build_on_another_base_is_a_variant_checked_before_any_work(tmp_path, capsys):
+    import argparse
+    import shutil
+
+    from swudi_lab.cli import _zoo_config, main
+    from swudi_lab.zoo import ZooConfig
+    from swudi_lab.zoo.build import DATA_DIR, DEFAULT_PRETRAINED
+
+    out = tmp_path / "zoo"
+    assert main(["zoo", "build", "--root", str(out), "--pretrained", str(tmp_path / "none.safetensors")]) != 0
+    assert "none.json not found" in capsys.readouterr().err  # both files named, one line, no traceback
+    assert main(["zoo", "build", "--pretrained", DEFAULT_PRETRAINED]) != 0  # the demo's cache is never a variant
+    assert "--root" in capsys.readouterr().err
+    pre = tmp_path / "pre"
+    assert main(["zoo", "build", "--root", str(out), "--pretrain", "--pretrain-steps", "0", "--pretrained-out", str(pre)]) != 0
+    assert "positive" in capsys.readouterr().err
+    assert not out.exists() and not pre.exists()  # nothing was built or pretrained
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(DATA_DIR / "pretrained" / f"{DEFAULT_PRETRAINED}{suffix}", tmp_path / f"other{suffix}")
+    ns = dict(root=str(out), lr=None, steps=None, head_scale=None, trainable=None, head=None)
+    variant = _zoo_config(argparse.Namespace(**ns, pretrained=str(tmp_path / "other.safetensors")))
+    default = ZooConfig()
+    assert variant.pretrained == str(tmp_path / "other.safetensors") and variant.finetune == default.finetune
+    assert variant.key() != default.key()
