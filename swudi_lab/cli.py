@@ -164,7 +164,6 @@ def _zoo_config(args):
     from dataclasses import replace
 
     from swudi_lab.zoo import ZooConfig
-
     from swudi_lab.zoo.build import _pretrained_paths
 
     names = ("lr", "steps", "head_scale", "trainable", "head")
