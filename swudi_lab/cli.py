@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import swudi_lab  # noqa: F401  (torchvision shim before any timm import)
@@ -161,8 +162,6 @@ def _zoo_config(args):
     A variant must live in its own ``--root``: built into the default cache it would replace the zoo
     that ``make demo`` and the notebooks use (and they would rebuild theirs on the next run).
     """
-    from dataclasses import replace
-
     from swudi_lab.zoo import ZooConfig
     from swudi_lab.zoo.build import _pretrained_paths
 
@@ -200,8 +199,6 @@ def _cmd_zoo(args) -> int:
         return 0
     config = _zoo_config(args)  # a bad variant fails here, before any long run
     if args.pretrain:
-        from dataclasses import replace
-
         from swudi_lab.zoo.train import PretrainRecipe
 
         recipe, name = PretrainRecipe(), DEFAULT_PRETRAINED
