@@ -28,7 +28,7 @@ start ``theta0 = sum_i tau_i`` (``init="sum"``) or 0, and ``delta = scale * thet
 
 Spectral methods share one code path (:func:`spectral_layer`): ``interference_operator``, one
 ``eigh``, a filter, ``spectral_estimate``. The exponential time is not scale-free; ``kappa``
-replaces ``t`` by ``t = kappa d_in / N_live`` per layer (``N_live`` = experts with a nonzero task
+replaces ``t`` by ``t = kappa d_in / N_live`` per layer (:func:`~swudi_lab.spectral.kappa_time`) (``N_live`` = experts with a nonzero task
 vector on the layer, ``trace(C) = N_live``), and both are reported.
 
 Degenerate layers: experts whose task vector is all zero are left out of C and D (never divided
@@ -41,82 +41,56 @@ gradient at the sum init is zero so Adam does not move.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
+from typing import Annotated
 
 import torch
 
+from ..registry import Doc, nonnegative, positive, unit_interval
 from ..spectral import (
     FILTERS,
     eigh,
     interference_operator,
+    kappa_time,
+    live_count,
+    loss_constant,
     make_filter,
     pseudoinverse,
+    quadratic_loss,
     spectral_estimate,
     swudi,
+    time_kappa,
     top_k,
 )
 from ..spectral import exponential as exponential_filter
+from ..spectral.filters import Count, Ratio, Time
 from ..spectral.iterative import adam_wudi, wudi_reference
-from ..spectral.rank_rules import choose_rank
-from .registry import Param, register
+from ..spectral.rank_rules import RANK_RULES, choose_rank
+from .registry import register
 
 __all__ = ["spectral_layer", "proxy_loss", "layer_summary"]
 
 # ----------------------------------------------------------------------------- shared parameters
 
-INIT = Param("init", str, "sum", "start theta0: sum of task vectors, or zero", choices=("sum", "zero"))
+Init = Annotated[str, Doc("start theta0: sum of task vectors, or zero", choices=("sum", "zero"))]
+Scale = Annotated[float, Doc("merged = base + scale * theta")]
+Kappa = Annotated[float | None, Doc("scale-free time: t = kappa * d_in / N per layer (replaces --t)", check=positive)]
 
 
-def _scale(default: float) -> Param:
-    return Param("scale", float, default, "merged = base + scale * theta")
+def _known_rank_rule(v):
+    RANK_RULES.lookup(v)  # raises ValueError naming the known rules
 
 
-def _check_positive(v):
-    if v <= 0:
-        raise ValueError(f"must be > 0, got {v!r}")
+def _known_filter(v):
+    FILTERS.lookup(v)  # raises ValueError naming the known filters
 
-
-def _check_nonneg(v):
-    if v < 0:
-        raise ValueError(f"must be >= 0, got {v!r}")
-
-
-def _check_unit(v):
-    if not 0 < v <= 1:
-        raise ValueError(f"must be in (0, 1], got {v!r}")
-
-
-def _check_rule(v):
-    choose_rank([1.0, 0.5], v)  # raises ValueError for an unknown rule
-
-
-def T_PARAM(default: float | None, help_: str) -> Param:
-    return Param("t", float, default, help_, check=_check_nonneg)
-
-
-KAPPA = Param("kappa", float, None, "scale-free time: t = kappa * d_in / N per layer (replaces --t)",
-              check=_check_positive)
 
 # ----------------------------------------------------------------------------- shared helpers
 
 
-def _norms(taus: torch.Tensor) -> torch.Tensor:
-    return taus.pow(2).flatten(1).sum(1)  # n_i = ||tau_i||_F^2
-
-
 def proxy_loss(theta: torch.Tensor, C: torch.Tensor, D: torch.Tensor, const: float) -> float:
-    """WUDI proxy loss ``L(theta) = tr(theta C theta^T) - 2 tr(theta D^T) + const``.
-
-    ``const = sum_i ||tau_i tau_i^T||_F^2 / n_i = L(0)``; theta (d_out, d_in), C (d_in, d_in), D (d_out, d_in).
-    """
-    return float(((theta @ C) * theta).sum() - 2 * (theta * D).sum()) + const
-
-
-def _loss_const(taus: torch.Tensor, n: torch.Tensor) -> float:
-    """``L(0) = sum_i ||tau_i^T tau_i||_F^2 / n_i`` over live experts, via the smaller Gram matrix."""
-    live = n > 0
-    t, n = (taus, n) if bool(live.all()) else (taus[live], n[live])  # no copy in the usual case
-    G = t @ t.transpose(1, 2) if t.shape[1] <= t.shape[2] else t.transpose(1, 2) @ t
-    return float((G.pow(2).sum(dim=(1, 2)) / n).sum())
+    """WUDI proxy loss ``L(theta) = tr(theta C theta^T) - 2 tr(theta D^T) + const``, ``const = L(0)``."""
+    return quadratic_loss(theta, C, D) + const
 
 
 def layer_summary(lam: torch.Tensor, n_live: int) -> dict:
@@ -135,8 +109,8 @@ def layer_summary(lam: torch.Tensor, n_live: int) -> dict:
 def _time(t: float | None, kappa: float | None, d_in: int, n_live: int) -> tuple[float, float]:
     """Per-layer ``(t, kappa)`` with ``kappa = t N_live / d_in``; ``kappa`` wins when given."""
     if kappa is not None:
-        t = kappa * d_in / n_live
-    return float(t), float(t) * n_live / d_in
+        t = kappa_time(kappa, d_in, n_live)
+    return float(t), time_kappa(float(t), d_in, n_live)
 
 
 def _zero_layer(taus: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -146,7 +120,7 @@ def _zero_layer(taus: torch.Tensor) -> tuple[torch.Tensor, dict]:
 def spectral_layer(taus: torch.Tensor, build_filter, *, init: str = "sum", scale: float = 1.0):
     """Shared path of the spectral methods: C, D, one ``eigh``, a filter, ``spectral_estimate``.
 
-    ``theta_f = theta0 (I - V F V^T) + D V diag(f / lambda) V^T`` (DESIGN.md §1).
+    ``theta_f = theta0 (I - V F V^T) + D V diag(f / lambda) V^T`` (docs/design.md).
 
     Args:
         taus: (N, d_out, d_in) task vectors of one layer.
@@ -157,8 +131,7 @@ def spectral_layer(taus: torch.Tensor, build_filter, *, init: str = "sum", scale
     Returns ``(delta (d_out, d_in), info)`` with the eigenvalue summary, filter label, number of
     kept directions ``k`` (f != 0), proxy loss before (at theta0) and after (at theta_f).
     """
-    n = _norms(taus)
-    n_live = int((n > 0).sum())
+    n_live = live_count(taus)
     if n_live == 0:
         return _zero_layer(taus)
     C, D = interference_operator(taus)
@@ -166,7 +139,7 @@ def spectral_layer(taus: torch.Tensor, build_filter, *, init: str = "sum", scale
     theta0 = taus.sum(0) if init == "sum" else None
     filt, extra = build_filter(eig, D, n_live)
     theta = spectral_estimate(C, D, theta0, filt, eig=eig)
-    const = _loss_const(taus, n)
+    const = loss_constant(taus)
     info = layer_summary(eig.values, n_live)
     info.update(extra)
     info.update(
@@ -187,8 +160,8 @@ def average(taus: torch.Tensor, *, name: str = "") -> tuple[torch.Tensor, dict]:
     return taus.mean(0), {}
 
 
-@register("task_arithmetic", "base + s * sum_i tau_i", spectral=False, params=[_scale(0.3)])
-def task_arithmetic(taus: torch.Tensor, *, name: str = "", scale: float = 0.3):
+@register("task_arithmetic", "base + s * sum_i tau_i", spectral=False)
+def task_arithmetic(taus: torch.Tensor, *, name: str = "", scale: Scale = 0.3):
     """``delta = s sum_i tau_i``; taus (N, *shape)."""
     return scale * taus.sum(0), {}
 
@@ -197,10 +170,10 @@ def task_arithmetic(taus: torch.Tensor, *, name: str = "", scale: float = 0.3):
     "ties",
     "TIES: trim each task vector to its top-density magnitudes, elect sign, disjoint mean, scale s",
     spectral=False,
-    params=[Param("density", float, 0.2, "fraction of entries kept per task vector (TIES top-k%)", check=_check_unit),
-            _scale(0.3)],
 )
-def ties(taus: torch.Tensor, *, name: str = "", density: float = 0.2, scale: float = 0.3):
+def ties(taus: torch.Tensor, *, name: str = "",
+         density: Annotated[float, Doc("fraction of entries kept per task vector (TIES top-k%)", check=unit_interval)] = 0.2,
+         scale: Scale = 0.3):
     """TIES-merging of one tensor; taus (N, *shape).
 
     ``trimmed_i = tau_i 1[|tau_i| >= k-th largest |tau_i|]`` with ``k = ceil(density numel)``,
@@ -228,28 +201,23 @@ def ties(taus: torch.Tensor, *, name: str = "", density: float = 0.2, scale: flo
     "wudi",
     "WUDI: Adam on the proxy loss from the sum init (fast path on the exact gradient 2 (theta C - D))",
     spectral=True,
-    params=[
-        Param("lr", float, 1e-5, "Adam learning rate", check=_check_positive),
-        Param("lr_rel", float, None, "scale-matched lr: lr = lr_rel * RMS of the layer's task-vector entries "
-              "(replaces --lr)", check=_check_positive),
-        Param("steps", int, 300, "Adam steps", check=_check_nonneg),
-        Param("eps", float, 1e-8, "Adam epsilon", check=_check_nonneg),
-        Param("reference", bool, False, "run the explicit per-expert loss with autograd (slow; same iterates)"),
-        INIT,
-        _scale(1.0),
-    ],
     exclusive=[("lr", "lr_rel")],
 )
-def wudi(taus: torch.Tensor, *, name: str = "", lr: float | None = 1e-5, lr_rel: float | None = None,
-         steps: int = 300, eps: float = 1e-8, reference: bool = False, init: str = "sum", scale: float = 1.0):
+def wudi(taus: torch.Tensor, *, name: str = "",
+         lr: Annotated[float | None, Doc("Adam learning rate", check=positive)] = 1e-5,
+         lr_rel: Annotated[float | None, Doc("scale-matched lr: lr = lr_rel * RMS of the layer's task-vector entries "
+                                             "(replaces --lr)", check=positive)] = None,
+         steps: Annotated[int, Doc("Adam steps", check=nonnegative)] = 300,
+         eps: Annotated[float, Doc("Adam epsilon", check=nonnegative)] = 1e-8,
+         reference: Annotated[bool, Doc("run the explicit per-expert loss with autograd (slow; same iterates)")] = False,
+         init: Init = "sum", scale: Scale = 1.0):
     """WUDI on one layer: Adam (betas 0.9, 0.999) on ``L(theta)`` for ``steps`` steps.
 
     Fast path: ``adam_wudi(C, D, theta0)`` with ``grad = 2 (theta C - D)``, O(d_out d_in^2) per
     step. ``reference=True``: ``wudi_reference(taus, theta0)``, the explicit
     ``sum_i ||(theta - tau_i) tau_i^T||^2 / n_i`` with autograd, O(N d_out^2 d_in) per step.
     """
-    n = _norms(taus)
-    n_live = int((n > 0).sum())
+    n_live = live_count(taus)
     if n_live == 0:
         return _zero_layer(taus)
     if lr_rel is not None:
@@ -261,15 +229,14 @@ def wudi(taus: torch.Tensor, *, name: str = "", lr: float | None = 1e-5, lr_rel:
             theta = wudi_reference(taus, theta0, lr=lr, steps=steps, eps=eps).final
         else:
             theta = adam_wudi(C, D, theta0, lr=lr, steps=steps, eps=eps).final
-    const = _loss_const(taus, n)
+    const = loss_constant(taus)
     info = {"n_live": n_live, "lr": lr, "steps": steps, "solver": "reference" if reference else "fast",
             "loss_before": proxy_loss(theta0, C, D, const), "loss_after": proxy_loss(theta, C, D, const)}
     return scale * theta, info
 
 
-@register("closed_form", "closed form theta = D C^+ (filter f = 1; ill-posed)", spectral=True,
-          params=[INIT, _scale(1.0)])
-def closed_form(taus: torch.Tensor, *, name: str = "", init: str = "sum", scale: float = 1.0):
+@register("closed_form", "closed form theta = D C^+ (filter f = 1; ill-posed)", spectral=True)
+def closed_form(taus: torch.Tensor, *, name: str = "", init: Init = "sum", scale: Scale = 1.0):
     """``theta = D C^+`` (numerical pseudoinverse: eigenvalues at or below ``max(1e-8, d eps
     lambda_max)`` count as null); ``init`` has no effect with f = 1."""
     return spectral_layer(taus, lambda eig, D, n_live: (pseudoinverse(), {}), init=init, scale=scale)
@@ -279,11 +246,10 @@ def closed_form(taus: torch.Tensor, *, name: str = "", init: str = "sum", scale:
     "iwudi",
     "exponential filter f = 1 - exp(-lambda t), full rank (gradient flow for time t)",
     spectral=True,
-    params=[T_PARAM(300.0, "exponential filter time"), KAPPA, INIT, _scale(1.0)],
     exclusive=[("t", "kappa")],
 )
-def iwudi(taus: torch.Tensor, *, name: str = "", t: float | None = 300.0, kappa: float | None = None,
-          init: str = "sum", scale: float = 1.0):
+def iwudi(taus: torch.Tensor, *, name: str = "", t: Time = 300.0, kappa: Kappa = None,
+          init: Init = "sum", scale: Scale = 1.0):
     """``f(lambda) = 1 - exp(-lambda t)``, ``t = kappa d_in / N_live`` when ``kappa`` is given."""
 
     def build(eig, D, n_live):
@@ -293,55 +259,60 @@ def iwudi(taus: torch.Tensor, *, name: str = "", t: float | None = 300.0, kappa:
     return spectral_layer(taus, build, init=init, scale=scale)
 
 
-_FILTER_PARAMS = [
-    T_PARAM(None, "exponential / swudi time"),
-    KAPPA,
-    Param("eta", float, None, "landweber step size", check=_check_positive),
-    Param("n", int, None, "landweber number of steps", check=_check_nonneg),
-    Param("alpha", float, None, "tikhonov regularization", check=_check_positive),
-    Param("k", int, None, "top_k / swudi: number of kept directions (replaces --ratio)", check=_check_positive),
-    Param("ratio", float, None, "top_k / swudi: K = ceil(ratio * d_in)", check=_check_unit),
-    Param("p", float, None, "wiener exponent", check=_check_positive),
-    Param("nu2", float, None, "wiener noise power", check=_check_positive),
-]
+def _filter_params():
+    """Every registered filter's parameters, each name once (the ``filtered`` method's flags).
+
+    Unset by default: the chosen filter applies its own defaults to the ones not given.
+    """
+    seen = {}
+    for kind in FILTERS.values():
+        for p in kind.params:
+            seen.setdefault(p.name, replace(p, default=None))
+    return tuple(seen.values())
 
 
 def _filter_args(p: dict, d_in: int | None = None, n_live: int | None = None) -> dict:
-    args = {q.name: p[q.name] for q in _FILTER_PARAMS if q.name not in ("kappa",) and p[q.name] is not None}
-    if p["kappa"] is not None:
-        if p["filter"] not in ("exponential", "swudi"):
-            raise ValueError(f"kappa applies to the exponential and swudi filters, not {p['filter']!r}")
-        args["t"] = p["kappa"] * d_in / n_live if d_in else p["kappa"]
+    """The chosen filter's own arguments from the resolved parameters; ``kappa`` becomes ``t``."""
+    accepted = {q.name for q in FILTERS.lookup(p["filter"]).params}
+    args = {k: v for k, v in p.items() if k in accepted and v is not None}
+    given = sorted(k for k, v in p.items() if v is not None and k not in accepted | {"filter", "kappa"})
+    if given:
+        raise ValueError(f"filter {p['filter']!r} got unknown parameter(s) {given}; "
+                         f"accepted: {[q.name for q in FILTERS.lookup(p['filter']).params] or 'none'}")
+    if p.get("kappa") is not None:
+        if "t" not in accepted:
+            raise ValueError(f"kappa applies to filters with a time t, not {p['filter']!r}")
+        args["t"] = kappa_time(p["kappa"], d_in, n_live) if d_in else p["kappa"]
     return args
 
 
 def _check_filtered(p: dict) -> None:
     if p["filter"] is None:
-        raise ValueError(f"give the filter name (--filter), one of: {', '.join(FILTERS)}")
-    try:
-        make_filter(p["filter"], **_filter_args(p))
-    except TypeError as e:  # a required filter parameter is missing
-        raise ValueError(f"filter {p['filter']!r}: {e}") from None
+        raise ValueError(f"give the filter name (--filter), one of: {FILTERS.names()}")
+    fparams = {k: v for k, v in p.items() if k not in ("init", "scale")}
+    make_filter(p["filter"], **_filter_args(fparams))
 
 
 @register(
     "filtered",
     "any spectral filter with its parameters (e.g. --filter tikhonov --alpha 1e-3; --filter landweber --eta --n)",
     spectral=True,
-    params=[Param("filter", str, None, "filter name", choices=tuple(FILTERS)), *_FILTER_PARAMS, INIT, _scale(1.0)],
     exclusive=[("t", "kappa"), ("k", "ratio")],
     check=_check_filtered,
+    extra_params=_filter_params,
 )
-def filtered(taus: torch.Tensor, *, name: str = "", filter: str, init: str = "sum", scale: float = 1.0, **fparams):
+def filtered(taus: torch.Tensor, *, name: str = "",
+             filter: Annotated[str | None, Doc("filter name (swudi_lab.spectral.FILTERS)", check=_known_filter)] = None,
+             kappa: Kappa = None, init: Init = "sum", scale: Scale = 1.0, **fparams):
     """``theta_f`` for ``make_filter(filter, **params)``; ``kappa`` gives ``t = kappa d_in / N_live``."""
-    p = {"filter": filter, **fparams}
+    p = {"filter": filter, "kappa": kappa, **fparams}
 
     def build(eig, D, n_live):
         d_in = eig.values.numel()
         filt = make_filter(filter, **_filter_args(p, d_in, n_live))
         extra = {}
         if "t" in filt.params:
-            extra = {"t": filt.params["t"], "kappa": filt.params["t"] * n_live / d_in}
+            extra = {"t": filt.params["t"], "kappa": time_kappa(filt.params["t"], d_in, n_live)}
         return filt, extra
 
     return spectral_layer(taus, build, init=init, scale=scale)
@@ -351,18 +322,10 @@ def filtered(taus: torch.Tensor, *, name: str = "", filter: str, init: str = "su
     "swudi",
     "SWUDI: exponential filter x top-K, t = 1300, K = ceil(ratio * d_in), ratio = 0.65",
     spectral=True,
-    params=[
-        T_PARAM(1300.0, "exponential filter time"),
-        KAPPA,
-        Param("ratio", float, 0.65, "K = ceil(ratio * d_in)", check=_check_unit),
-        Param("k", int, None, "fixed number of kept directions K (replaces --ratio)", check=_check_positive),
-        INIT,
-        _scale(1.0),
-    ],
     exclusive=[("t", "kappa"), ("k", "ratio")],
 )
-def swudi_method(taus: torch.Tensor, *, name: str = "", t: float | None = 1300.0, kappa: float | None = None,
-                 ratio: float | None = 0.65, k: int | None = None, init: str = "sum", scale: float = 1.0):
+def swudi_method(taus: torch.Tensor, *, name: str = "", t: Time = 1300.0, kappa: Kappa = None,
+                 ratio: Ratio = 0.65, k: Count = None, init: Init = "sum", scale: Scale = 1.0):
     """``f(lambda) = (1 - exp(-lambda t)) 1[lambda among the K largest]``."""
 
     def build(eig, D, n_live):
@@ -376,17 +339,14 @@ def swudi_method(taus: torch.Tensor, *, name: str = "", t: float | None = 1300.0
     "swudi_a",
     "SWUDI-A: top-K with K from a rank rule per layer (default participation_sqrt), f = 1 on kept directions",
     spectral=True,
-    params=[
-        Param("rank_rule", str, "participation_sqrt", "rank rule (swudi_lab.spectral.RANK_RULES, or cumvar_<frac>)",
-              check=_check_rule),
-        Param("min_rank", int, 1, "lower clamp on K", check=_check_positive),
-        Param("max_rank_ratio", float, 1.0, "upper clamp K <= ceil(max_rank_ratio * d_in)", check=_check_unit),
-        INIT,
-        _scale(1.0),
-    ],
 )
-def swudi_a(taus: torch.Tensor, *, name: str = "", rank_rule: str = "participation_sqrt", min_rank: int = 1,
-            max_rank_ratio: float = 1.0, init: str = "sum", scale: float = 1.0):
+def swudi_a(taus: torch.Tensor, *, name: str = "",
+            rank_rule: Annotated[str, Doc("rank rule (swudi_lab.spectral.RANK_RULES, or cumvar_<frac>)",
+                                          check=_known_rank_rule)] = "participation_sqrt",
+            min_rank: Annotated[int, Doc("lower clamp on K", check=positive)] = 1,
+            max_rank_ratio: Annotated[float, Doc("upper clamp K <= ceil(max_rank_ratio * d_in)",
+                                                 check=unit_interval)] = 1.0,
+            init: Init = "sum", scale: Scale = 1.0):
     """``f = 1[k <= K]``, ``K = choose_rank(lambda, rank_rule, rhs_energy = ||D q_k||^2, aspect = beta)``.
 
     ``beta = min(d_in, N_live d_out) / max(d_in, N_live d_out)``, the aspect ratio of the stacked task matrix.

@@ -1,11 +1,11 @@
 """The one method registry: library, CLI, notebooks and benchmarks all read :data:`METHODS`.
 
-A :class:`Method` is a per-layer rule plus its typed parameters::
+A :class:`Method` is a per-layer rule whose parameters are declared once, in its signature
+(:mod:`swudi_lab.registry`: the annotation is the type, a ``Doc`` the help and constraints)::
 
-    @register("name", "one-line doc", params=[Param("scale", float, 1.0, "merged = base + scale * theta")],
-              spectral=True)
-    def my_rule(taus, *, name, scale):      # taus: (N, d_out, d_in) task vectors of one layer
-        ...
+    @register("name", "one-line doc", spectral=True)
+    def my_rule(taus, *, name="", scale: Annotated[float, Doc("merged = base + scale * theta")] = 1.0):
+        ...                                 # taus: (N, d_out, d_in) task vectors of one layer
         return delta, info                  # delta: (d_out, d_in) merged task vector; info: dict
 
 Adding a method is one function and one ``@register`` line; it then appears in
@@ -23,75 +23,21 @@ Routing of a checkpoint's tensors (the engine, :mod:`swudi_lab.merge.engine`):
 
 Parameters are validated by :func:`resolve_params`: unknown names are a ``ValueError`` listing
 the accepted ones, values are converted to the declared type, and parameters declared
-mutually exclusive (``t`` / ``kappa``, ``k`` / ``ratio``) cannot both be given.
+mutually exclusive (``t`` / ``kappa``, ``k`` / ``ratio``) cannot both be given. A preset
+(:mod:`swudi_lab.config.presets`, ``preset="clip-vit-b32"``) supplies published values under the
+caller's own.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-__all__ = ["Param", "Method", "METHODS", "register", "get_method", "resolve_params", "describe_methods"]
+from ..config.presets import PRESETS, Preset, get_preset
+from ..registry import Param, params_of
 
-
-@dataclass(frozen=True)
-class Param:
-    """A method parameter: name (also the CLI flag, ``_`` -> ``-``), type, default and help.
-
-    ``type`` is ``float``, ``int``, ``str`` or ``bool`` (a bool is a switch, ``--reference``).
-    ``choices`` restricts a value; ``check(value)`` may raise ``ValueError`` for other constraints.
-    A default of ``None`` means "not set" (the method decides, e.g. ``kappa``).
-    """
-
-    name: str
-    type: type
-    default: Any
-    help: str
-    choices: Sequence[Any] | None = None
-    check: Callable[[Any], None] | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
-
-    def convert(self, value, method: str):
-        """Convert ``value`` to this parameter's type, or raise ``ValueError`` naming it."""
-        if value is None:
-            return None
-        where = f"method {method!r}: parameter {self.name!r}"
-        try:
-            if self.type is bool:
-                if isinstance(value, str):
-                    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                        raise ValueError
-                    value = value.lower() in ("true", "1", "yes")
-                elif not isinstance(value, (bool, int)) or value not in (0, 1):
-                    raise ValueError
-                value = bool(value)
-            elif self.type is int:
-                if isinstance(value, bool) or not float(value).is_integer():
-                    raise ValueError
-                value = int(float(value))
-            elif self.type is float:
-                if isinstance(value, bool):
-                    raise ValueError
-                value = float(value)
-                if not math.isfinite(value):
-                    raise ValueError
-            elif self.type is str:
-                if not isinstance(value, str):
-                    raise ValueError
-        except (TypeError, ValueError):
-            raise ValueError(f"{where} must be a finite {self.type.__name__}, got {value!r}") from None
-        if self.choices is not None and value not in self.choices:
-            raise ValueError(f"{where} must be one of {list(self.choices)}, got {value!r}")
-        if self.check is not None:
-            try:
-                self.check(value)
-            except ValueError as e:
-                raise ValueError(f"{where}: {e}") from None
-        return value
+__all__ = ["Param", "Method", "METHODS", "register", "get_method", "resolve_params", "describe_methods",
+           "describe_presets"]
 
 
 @dataclass(frozen=True)
@@ -100,21 +46,32 @@ class Method:
 
     ``spectral`` marks the WUDI family (solver on 2-D weights, mean of task vectors elsewhere);
     otherwise ``fn`` is applied to every floating tensor, ``taus`` then having shape (N, *shape).
-    ``exclusive`` lists groups of parameters of which at most one may be given; ``check`` (if
-    any) validates the resolved parameters as a whole and raises ``ValueError``.
+    ``declared`` are the parameters of ``fn``'s signature; ``extra_params`` (if any) returns more,
+    read at call time (``filtered`` takes every registered filter's). ``exclusive`` lists groups
+    of parameters of which at most one may be given; ``check`` (if any) validates the resolved
+    parameters as a whole and raises ``ValueError``.
     """
 
     name: str
     doc: str
     fn: Callable
-    params: tuple[Param, ...]
+    declared: tuple[Param, ...]
     spectral: bool
     exclusive: tuple[tuple[str, ...], ...] = ()
     check: Callable[[dict], None] | None = field(default=None, compare=False, repr=False)
+    extra_params: Callable[[], Sequence[Param]] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def params(self) -> tuple[Param, ...]:
+        if self.extra_params is None:
+            return self.declared
+        names = {p.name for p in self.declared}
+        extra = [p for p in self.extra_params() if p.name not in names]
+        return self.declared[:1] + tuple(extra) + self.declared[1:]
 
     @property
     def defaults(self) -> dict[str, Any]:
-        return {p.name: p.default for p in self.params}
+        return {p.name: (None if p.required else p.default) for p in self.params}
 
     def param(self, name: str) -> Param:
         for p in self.params:
@@ -127,26 +84,27 @@ METHODS: dict[str, Method] = {}
 """All merge methods by name, in registration order."""
 
 
-def register(name: str, doc: str, *, params: Sequence[Param] = (), spectral: bool,
-             exclusive: Sequence[Sequence[str]] = (), check: Callable[[dict], None] | None = None):
-    """Decorator adding a per-layer rule to :data:`METHODS` under ``name``."""
+def register(name: str, doc: str, *, spectral: bool, exclusive: Sequence[Sequence[str]] = (),
+             check: Callable[[dict], None] | None = None, extra_params: Callable[[], Sequence[Param]] | None = None):
+    """Decorator adding a per-layer rule to :data:`METHODS` under ``name``; parameters from its signature."""
 
     def deco(fn: Callable) -> Callable:
         if name in METHODS:
             raise ValueError(f"method {name!r} is already registered")
+        params = params_of(fn)
         names = [p.name for p in params]
-        if len(set(names)) != len(names):
-            raise ValueError(f"method {name!r}: duplicate parameter names {names}")
-        for group in exclusive:
+        groups = tuple(tuple(g) for g in exclusive)
+        known = set(names) | ({p.name for p in extra_params()} if extra_params else set())
+        for group in groups:
             for g in group:
-                if g not in names:
+                if g not in known:
                     raise ValueError(f"method {name!r}: exclusive group names unknown parameter {g!r}")
         # one flag per name across methods: a name must mean the same type everywhere
         for other in METHODS.values():
             for p in other.params:
                 if p.name in names and params[names.index(p.name)].type is not p.type:
                     raise ValueError(f"parameter {p.name!r} has type {p.type.__name__} in {other.name!r}")
-        METHODS[name] = Method(name, doc, fn, tuple(params), spectral, tuple(tuple(g) for g in exclusive), check)
+        METHODS[name] = Method(name, doc, fn, params, spectral, groups, check, extra_params)
         return fn
 
     return deco
@@ -161,16 +119,26 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
-def resolve_params(method: str | Method, params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Validate ``params`` for ``method`` and fill in the defaults.
+def resolve_params(method: str | Method, params: dict[str, Any] | None = None, *,
+                   preset: str | Preset | None = None) -> dict[str, Any]:
+    """Validate ``params`` for ``method`` and fill in the defaults (under ``preset``'s values, if given).
 
     Raises ``ValueError`` for unknown parameter names (listing the accepted ones), values of the
     wrong type or out of their choices, and two given parameters of one exclusive group. When one
     member of an exclusive group is given, the others are set to ``None`` (``kappa=3`` disables
-    the default ``t``).
+    the default ``t``). A preset's values count as given, below the caller's: ``params`` win, and
+    a caller's ``kappa`` replaces the preset's ``t``. A preset without a setting for ``method``
+    leaves it at its defaults.
     """
     m = get_method(method)
     params = dict(params or {})
+    if preset is not None:
+        p = get_preset(preset)
+        published = p.params(m.name) if m.name in p.methods else {}
+        for group in m.exclusive:
+            if any(params.get(g) is not None for g in group):
+                published = {k: v for k, v in published.items() if k not in group}
+        params = {**published, **params}
     accepted = [p.name for p in m.params]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
@@ -199,11 +167,14 @@ def resolve_params(method: str | Method, params: dict[str, Any] | None = None) -
 
 def describe_methods(names: Sequence[str] | None = None) -> str:
     """Human-readable list of methods, their parameters and defaults (``swudi-lab methods``)."""
+    baselines = ", ".join(m.name for m in METHODS.values() if not m.spectral)
+    family = ", ".join(m.name for m in METHODS.values() if m.spectral)
     lines = [
-        "Routing: baselines (average, task_arithmetic, ties) apply their rule to every floating tensor;",
-        "the WUDI family (wudi, closed_form, iwudi, filtered, swudi, swudi_a) solves 2-D weight matrices",
+        f"Routing: baselines ({baselines}) apply their rule to every floating tensor;",
+        f"the WUDI family ({family}) solves 2-D weight matrices",
         "and takes the mean of task vectors for every other floating tensor. Non-floating buffers come",
         "from the base; classification heads (--head-pattern, default 'head\\..*') are kept per task.",
+        "Published settings: --preset NAME (see `swudi-lab presets`).",
         "",
     ]
     for name in names or list(METHODS):
@@ -211,10 +182,25 @@ def describe_methods(names: Sequence[str] | None = None) -> str:
         kind = "WUDI family" if m.spectral else "baseline"
         lines.append(f"{m.name}  [{kind}]  {m.doc}")
         for p in m.params:
-            default = "off" if (p.type is bool and not p.default) else ("unset" if p.default is None else p.default)
+            default = ("required" if p.required else "off" if (p.type is bool and not p.default)
+                       else "unset" if p.default is None else p.default)
             choices = f" {{{', '.join(map(str, p.choices))}}}" if p.choices else ""
             lines.append(f"    {p.flag:<18} {p.type.__name__:<5} default {str(default):<22} {p.help}{choices}")
         for group in m.exclusive:
             lines.append(f"    (give at most one of {', '.join('--' + g.replace('_', '-') for g in group)})")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def describe_presets() -> str:
+    """Human-readable list of the presets and their settings (``swudi-lab presets``)."""
+    lines = []
+    for p in PRESETS.values():
+        lines.append(f"{p.name}  {p.doc}" + (f"  [{p.source}]" if p.source else ""))
+        for method, params in p.methods.items():
+            args = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
+            lines.append(f"    {method:<16} {args}")
+        if p.exclude:
+            lines.append(f"    not merged (kept from the base): {', '.join(p.exclude)}")
         lines.append("")
     return "\n".join(lines).rstrip() + "\n"

@@ -10,6 +10,8 @@ from .estimator import EIGEN_FLOOR, SVD, Eig, check_normal_equation, eigh, filte
 from .filters import (
     FILTERS,
     Filter,
+    FilterKind,
+    register_filter,
     exponential,
     landweber,
     make_filter,
@@ -20,7 +22,8 @@ from .filters import (
     wiener,
     zero,
 )
-from .wudi import as_task_stack, interference_operator, sum_init, wudi_gradient, wudi_loss
+from .wudi import (as_task_stack, interference_operator, kappa_time, live_count, loss_constant, quadratic_loss, sum_init,
+                   task_norms, time_kappa, wudi_gradient, wudi_loss)
 from .iterative import (
     Trajectory,
     adam_wudi,
@@ -30,5 +33,5 @@ from .iterative import (
     gradient_flow,
     wudi_reference,
 )
-from .rank_rules import RANK_RULES, choose_rank, cumvar
-from .choice import Choice, ParameterCurves, choose, discrepancy, gcv, l_curve, oracle, parameter_curves
+from .rank_rules import RANK_RULES, choose_rank, cumvar, rank_rule
+from .choice import CHOICE_RULES, Choice, ChoiceRule, ParameterCurves, rules_for, choose, discrepancy, gcv, l_curve, oracle, parameter_curves

@@ -42,10 +42,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from ..registry import Registry
 from .estimator import EIGEN_FLOOR, SVD, _tensor, filtered_solve, svd
 from .filters import Filter
 
-__all__ = ["Choice", "ParameterCurves", "parameter_curves", "l_curve", "gcv", "discrepancy", "oracle", "choose"]
+__all__ = ["Choice", "ChoiceRule", "CHOICE_RULES", "rules_for", "ParameterCurves", "parameter_curves", "l_curve", "gcv", "discrepancy", "oracle", "choose"]
 
 
 @dataclass(frozen=True)
@@ -287,29 +288,63 @@ def oracle(A, b, family, params, x_true, *, decomposition: SVD | None = None) ->
     return _oracle(parameter_curves(A, b, family, params, decomposition=decomposition), x_true)
 
 
-RULES = ("oracle", "gcv", "l_curve", "discrepancy")
+@dataclass(frozen=True)
+class ChoiceRule:
+    """A registered parameter-choice rule: ``pick(curves, **context) -> Choice``.
+
+    ``needs`` names the context it cannot run without (``x_true``, ``noise_norm``);
+    ``one_dimensional``: it needs a scalar grid (the L-curve's corner is a point on a curve).
+    """
+
+    name: str
+    pick: Callable[..., Choice]
+    needs: tuple[str, ...] = ()
+    one_dimensional: bool = False
+    doc: str = ""
+
+
+CHOICE_RULES: Registry = Registry("parameter-choice rule")
+"""Parameter-choice rules by name, in registration order (:func:`choose`, the toy demo)."""
+
+for _rule in (
+    ChoiceRule("oracle", lambda c, x_true, **_: _oracle(c, x_true), ("x_true",), doc="the best on the grid in hindsight"),
+    ChoiceRule("gcv", lambda c, **_: _gcv(c), doc="generalized cross-validation"),
+    ChoiceRule("l_curve", lambda c, min_step, **_: _l_curve(c, min_step), one_dimensional=True,
+               doc="corner of the L-curve"),
+    ChoiceRule("discrepancy", lambda c, delta, tau, **_: _discrepancy(c, delta, tau), ("noise_norm",),
+               doc="discrepancy principle"),
+):
+    CHOICE_RULES.add(_rule.name, _rule)
+
+RULES = tuple(CHOICE_RULES)
+
+
+def rules_for(grid: Sequence) -> tuple[str, ...]:
+    """The registered rules that apply to ``grid`` (no L-curve on a multi-dimensional grid)."""
+    scalar = all(np.ndim(p) == 0 for p in grid)
+    return tuple(name for name, r in CHOICE_RULES.items() if scalar or not r.one_dimensional)
 
 
 def choose(A, b, family, params, rules=RULES, *, x_true=None, noise_norm: float | None = None,
            tau: float = 1.0, decomposition: SVD | None = None, min_step: float = 0.02) -> dict[str, Choice]:
     """Several rules on one sweep of the grid: ``{rule: Choice}`` for ``rules`` in order.
 
-    ``rules`` is a subset of ``("oracle", "gcv", "l_curve", "discrepancy")``; ``oracle`` needs
-    ``x_true`` (n,), ``discrepancy`` needs ``noise_norm`` (``||e||``). Same results as calling
-    the rules one by one, for the cost of one :func:`parameter_curves`.
+    ``rules`` are names in :data:`CHOICE_RULES` (``oracle``, ``gcv``, ``l_curve``,
+    ``discrepancy``); ``oracle`` needs ``x_true`` (n,), ``discrepancy`` needs ``noise_norm``
+    (``||e||``). Same results as calling the rules one by one, for the cost of one
+    :func:`parameter_curves`.
     """
     if isinstance(rules, str):
         rules = (rules,)
-    unknown = [r for r in rules if r not in RULES]
+    unknown = [r for r in rules if r not in CHOICE_RULES]
     if unknown:
-        raise ValueError(f"unknown rule(s) {unknown}; known: {', '.join(RULES)}")
-    if "oracle" in rules and x_true is None:
-        raise ValueError("x_true is required for the oracle rule")
+        raise ValueError(f"unknown rule(s) {unknown}; known: {CHOICE_RULES.names()}")
+    context = {"x_true": x_true, "noise_norm": noise_norm, "tau": tau, "min_step": min_step}
+    for r in rules:
+        for need in CHOICE_RULES[r].needs:
+            if context[need] is None:
+                raise ValueError(f"{need} is required for the {r} rule")
     if "discrepancy" in rules:
-        if noise_norm is None:
-            raise ValueError("noise_norm is required for the discrepancy rule")
-        delta, tau = _delta_tau(noise_norm, tau)
+        context["delta"], context["tau"] = _delta_tau(noise_norm, tau)
     curves = parameter_curves(A, b, family, params, decomposition=decomposition)
-    pick = {"oracle": lambda: _oracle(curves, x_true), "gcv": lambda: _gcv(curves),
-            "l_curve": lambda: _l_curve(curves, min_step), "discrepancy": lambda: _discrepancy(curves, delta, tau)}
-    return {r: pick[r]() for r in rules}
+    return {r: CHOICE_RULES[r].pick(curves, **context) for r in rules}

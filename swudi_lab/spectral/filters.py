@@ -1,7 +1,7 @@
 """Spectral filters: functions that map eigenvalues ``lambda`` of C to factors ``f(lambda)``.
 
 A filter decides, per eigen-direction ``q_k`` of C, how far the estimator moves from the
-start ``theta0`` towards the pseudoinverse solution (DESIGN.md §1)::
+start ``theta0`` towards the pseudoinverse solution (docs/design.md)::
 
     theta_f q_k = (1 - f_k) theta0 q_k + f_k (D q_k) / lambda_k
 
@@ -29,16 +29,23 @@ eigenvalues of the normal operator ``A^T A`` (see :func:`swudi_lab.spectral.filt
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Annotated, Callable
 
 import numpy as np
 import torch
 
+from ..registry import (Doc, Param, Registry, at_least_one, nonnegative, params_of, positive, unit_interval,
+                        validate_call)
+
 __all__ = [
     "Filter",
+    "FilterKind",
     "FILTERS",
+    "register_filter",
     "make_filter",
     "pseudoinverse",
     "landweber",
@@ -132,50 +139,124 @@ def _fmt(v) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _positive(name: str, value, allow_zero: bool = False) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    ok = (v >= 0) if allow_zero else (v > 0)
-    if not math.isfinite(v) or not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be finite and {bound}, got {value!r}")
-    return v
+# --------------------------------------------------------------------------------------------
+# The filter registry
+# --------------------------------------------------------------------------------------------
 
 
-def _count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not float(value).is_integer() or int(value) < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+@dataclass(frozen=True)
+class FilterKind:
+    """A registered filter: its constructor, declared parameters and the forms other parts read.
+
+    ``make(**params) -> Filter`` validates its arguments against ``params`` (declared once, in the
+    constructor's signature). ``cutoff(lambda_c, lam) -> Filter`` (optional) is the filter with
+    its transition at eigenvalue ``lambda_c``, the one knob the notebook explorers turn for every
+    filter. ``sweep(s, n) -> (family, grid)`` (optional) is a one-parameter family ``p -> Filter``
+    and its grid for a problem with largest eigenvalue ``s = sigma_1^2`` and ``n`` unknowns, the
+    sweep that the toy demo and the parameter-choice rules run.
+    """
+
+    name: str
+    make: Callable[..., Filter] = field(repr=False)
+    params: tuple[Param, ...] = ()
+    doc: str = ""
+    cutoff: Callable[[float, np.ndarray], Filter] | None = field(default=None, repr=False)
+    sweep: Callable[[float, int], tuple[Callable, list]] | None = field(default=None, repr=False)
+
+    def __call__(self, *args, **kwargs) -> Filter:
+        return self.make(*args, **kwargs)
+
+
+FILTERS: Registry = Registry("filter")
+"""Every filter by name (:class:`FilterKind`), in registration order: the ``filtered`` merge
+method, ``swudi-lab merge --filter``, the explorers and the toy demo all read it."""
+
+
+def register_filter(name: str, *, cutoff=None, sweep=None):
+    """Decorator: add a filter constructor to :data:`FILTERS`; returns the validating constructor.
+
+    The constructor's parameters are declared once, ``Annotated[T, Doc(help, check=...)]`` with
+    their defaults; calls are checked against them (:func:`swudi_lab.registry.validate_call`).
+    """
+
+    def deco(fn: Callable[..., Filter]) -> Callable[..., Filter]:
+        params = params_of(fn)
+        signature = inspect.signature(fn)
+        owner = f"filter {name!r}"
+
+        @functools.wraps(fn)
+        def make(*args, **kwargs) -> Filter:
+            unknown = sorted(set(kwargs) - set(signature.parameters))
+            if unknown:
+                raise ValueError(f"{owner} got unknown parameter(s) {unknown}; accepted: "
+                                 f"{list(signature.parameters) or 'none'}")
+            try:
+                bound = signature.bind(*args, **kwargs)
+            except TypeError as e:
+                raise ValueError(f"{owner}: {e}") from None
+            return fn(**validate_call(owner, params, dict(bound.arguments)))
+
+        doc = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        FILTERS.add(name, FilterKind(name, make, params, doc, cutoff, sweep))
+        return make
+
+    return deco
+
+
+def make_filter(name: str, **params) -> Filter:
+    """Build a filter by registry name, e.g. ``make_filter("tikhonov", alpha=1e-3)``.
+
+    Unknown names or parameters, and missing or invalid values, raise ``ValueError`` saying what
+    is accepted.
+    """
+    return FILTERS.lookup(name)(**params)
 
 
 # --------------------------------------------------------------------------------------------
 # The filters
 # --------------------------------------------------------------------------------------------
 
+Time = Annotated[float, Doc("exponential filter time t (gradient-flow time)", check=nonnegative)]
+Count = Annotated[int, Doc("number of kept directions K (replaces --ratio)", check=at_least_one)]
+Ratio = Annotated[float, Doc("kept share of directions: K = ceil(ratio * d_in)", check=unit_interval)]
 
+
+def _log_grid(lo: float, hi: float, num: int) -> list:
+    return np.logspace(lo, hi, num).tolist()
+
+
+@register_filter("pseudoinverse", cutoff=lambda lambda_c, lam: pseudoinverse())
 def pseudoinverse() -> Filter:
     """``f(lambda) = 1``: the exact closed form ``theta = D C^+`` (no regularization)."""
     return Filter("pseudoinverse", {}, lambda lam: torch.ones_like(lam))
 
 
+@register_filter("zero")
 def zero() -> Filter:
     """``f(lambda) = 0``: the estimator returns its start ``theta0``."""
     return Filter("zero", {}, lambda lam: torch.zeros_like(lam))
 
 
-def landweber(eta: float, n: int) -> Filter:
+def _landweber_steps() -> list:
+    return np.unique(np.round(np.logspace(0, 12, 97)).astype(np.int64)).tolist()
+
+
+@register_filter(
+    "landweber",
+    cutoff=lambda lambda_c, lam: landweber(1.0 / float(np.max(lam)), max(1, round(float(np.max(lam)) / lambda_c))),
+    sweep=lambda s, n: (lambda k: landweber(1 / s, k), _landweber_steps()),
+)
+def landweber(eta: Annotated[float, Doc("landweber (GD) step size", check=positive)],
+              n: Annotated[int, Doc("landweber number of steps", check=nonnegative)]) -> Filter:
     """``f(lambda) = 1 - (1 - eta lambda)^n``: exactly ``n`` gradient steps of step ``eta``.
 
     Gradient descent ``theta <- theta - eta (theta C - D)`` from ``theta0`` gives this filter
     exactly (Landweber iteration). Factors lie in [0, 1] when ``eta * lambda_max <= 1`` and in
     [0, 2) when ``eta * lambda_max < 2`` (GD converges); larger steps diverge. Note that
     ``2 (theta C - D)`` is the WUDI gradient, so GD on the WUDI loss with learning rate ``lr``
-    is Landweber with ``eta = 2 lr``.
+    is Landweber with ``eta = 2 lr``. Cutoff form: ``eta = 1 / lambda_max``,
+    ``n = lambda_max / lambda_c`` (so ``eta n = 1 / lambda_c``).
     """
-    eta = _positive("eta", eta)
-    n = _count("n", n, 0)
 
     def fn(lam):
         x = eta * lam
@@ -186,19 +267,25 @@ def landweber(eta: float, n: int) -> Filter:
     return Filter("landweber", {"eta": eta, "n": n}, fn, slope0=eta * n)
 
 
-def exponential(t: float) -> Filter:
+@register_filter("exponential", cutoff=lambda lambda_c, lam: exponential(1.0 / lambda_c),
+                 sweep=lambda s, n: (exponential, [t / s for t in _log_grid(0, 16, 81)]))
+def exponential(t: Time) -> Filter:
     """``f(lambda) = 1 - exp(-lambda t)``: gradient flow ``d theta/ds = -(theta C - D)`` to time t.
 
     The limit of :func:`landweber` with ``eta -> 0`` and ``eta * n = t``. The time is not scale
-    free: ``kappa = t N / d_in`` (mean eigenvalue times t) is (DESIGN.md, "Scale").
+    free: ``kappa = t N / d_in`` (mean eigenvalue times t) is (docs/design.md, "Scale").
+    Cutoff form: ``t = 1 / lambda_c``.
     """
-    t = _positive("t", t, allow_zero=True)
     return Filter("exponential", {"t": t}, lambda lam: -torch.expm1(-lam * t), slope0=t)
 
 
-def tikhonov(alpha: float) -> Filter:
-    """``f(lambda) = lambda / (lambda + alpha)``: ridge, ``theta = (D + alpha theta0)(C + alpha I)^-1``."""
-    alpha = _positive("alpha", alpha)
+@register_filter("tikhonov", cutoff=lambda lambda_c, lam: tikhonov(lambda_c),
+                 sweep=lambda s, n: (tikhonov, [s * a for a in _log_grid(-16, 0, 81)]))
+def tikhonov(alpha: Annotated[float, Doc("tikhonov (ridge) regularization alpha", check=positive)]) -> Filter:
+    """``f(lambda) = lambda / (lambda + alpha)``: ridge, ``theta = (D + alpha theta0)(C + alpha I)^-1``.
+
+    Cutoff form: ``alpha = lambda_c`` (f = 1/2 there).
+    """
     return Filter("tikhonov", {"alpha": alpha}, lambda lam: lam / (lam + alpha), slope0=1 / alpha)
 
 
@@ -213,26 +300,27 @@ def _top_k_mask(lam: torch.Tensor, k: int | None, ratio: float | None) -> torch.
     return mask
 
 
-def top_k(k: int | None = None, ratio: float | None = None) -> Filter:
+@register_filter("top_k", cutoff=lambda lambda_c, lam: top_k(k=max(1, int((np.asarray(lam) >= lambda_c).sum()))),
+                 sweep=lambda s, n: (lambda k: top_k(k=k), list(range(1, n + 1))))
+def top_k(k: Count = None, ratio: Ratio = None) -> Filter:
     """Hard truncation: ``f = 1`` on the K largest eigenvalues, 0 elsewhere (TSVD).
 
     Give either ``k`` (1 <= k <= d) or ``ratio`` in (0, 1], in which case ``K = ceil(ratio d)``
     with ``d`` the number of eigenvalues (``d_in`` for a merge layer). Ties keep the earlier index.
+    Cutoff form: ``K = #{lambda_k >= lambda_c}``.
     """
     if (k is None) == (ratio is None):
         raise ValueError(f"top_k needs exactly one of k or ratio, got k={k!r}, ratio={ratio!r}")
-    if k is not None:
-        k = _count("k", k, 1)
-        params = {"k": k}
-    else:
-        ratio = _positive("ratio", ratio)
-        if ratio > 1:
-            raise ValueError(f"ratio must be in (0, 1], got {ratio!r}")
-        params = {"ratio": ratio}
+    params = {"k": k} if k is not None else {"ratio": ratio}
     return Filter("top_k", params, lambda lam: _top_k_mask(lam, k, ratio))
 
 
-def swudi(t: float = 1300.0, k: int | None = None, ratio: float | None = 0.65) -> Filter:
+def _swudi_grid(s: float, n: int) -> list:
+    return [(t, k) for t in (np.logspace(0, 16, 17) / s).tolist() for k in range(1, n + 1)]
+
+
+@register_filter("swudi", sweep=lambda s, n: (lambda p: swudi(t=p[0], k=p[1]), _swudi_grid(s, n)))
+def swudi(t: Time = 1300.0, k: Count = None, ratio: Ratio = 0.65) -> Filter:
     """SWUDI: ``f(lambda) = (1 - exp(-lambda t)) * 1[lambda among the K largest]``.
 
     Paper defaults (CLIP ViT-B/32): ``t = 1300``, ``ratio = 0.65`` (``K = ceil(0.65 d_in)``).
@@ -245,43 +333,13 @@ def swudi(t: float = 1300.0, k: int | None = None, ratio: float | None = 0.65) -
     return Filter("swudi", params, lambda lam: soft.fn(lam) * hard.fn(lam), over=_product_over(soft, hard))
 
 
-def wiener(p: float = 1.0, nu2: float = 1e-3) -> Filter:
+@register_filter("wiener", cutoff=lambda lambda_c, lam: wiener(2.0, lambda_c**2),
+                 sweep=lambda s, n: (lambda nu2: wiener(2.0, nu2), [s**2 * v for v in _log_grid(-32, 0, 81)]))
+def wiener(p: Annotated[float, Doc("wiener exponent p", check=positive)] = 1.0,
+           nu2: Annotated[float, Doc("wiener noise power nu^2", check=positive)] = 1e-3) -> Filter:
     """``f(lambda) = lambda^p / (lambda^p + nu2)``: Wiener-type shrinkage, ``nu2`` a noise power.
 
     ``p = 1`` is Tikhonov with ``alpha = nu2``; larger ``p`` cuts more sharply around
-    ``lambda = nu2^(1/p)``.
+    ``lambda = nu2^(1/p)``. Cutoff form: ``p = 2``, ``nu2 = lambda_c^2``.
     """
-    p = _positive("p", p)
-    nu2 = _positive("nu2", nu2)
     return Filter("wiener", {"p": p, "nu2": nu2}, lambda lam: lam**p / (lam**p + nu2))
-
-
-FILTERS: dict[str, Callable[..., Filter]] = {
-    "pseudoinverse": pseudoinverse,
-    "zero": zero,
-    "landweber": landweber,
-    "exponential": exponential,
-    "tikhonov": tikhonov,
-    "top_k": top_k,
-    "swudi": swudi,
-    "wiener": wiener,
-}
-"""Filter constructors by name: one line here makes a filter reachable from the CLI and widgets."""
-
-
-def make_filter(name: str, **params) -> Filter:
-    """Build a filter by registry name, e.g. ``make_filter("tikhonov", alpha=1e-3)``.
-
-    Unknown names or parameters raise ``ValueError`` listing what is accepted.
-    """
-    if name not in FILTERS:
-        raise ValueError(f"unknown filter {name!r}; known: {', '.join(FILTERS)}")
-    import inspect
-
-    accepted = inspect.signature(FILTERS[name]).parameters
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        raise ValueError(
-            f"filter {name!r} got unknown parameter(s) {unknown}; accepted: {list(accepted) or 'none'}"
-        )
-    return FILTERS[name](**params)

@@ -27,8 +27,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .estimator import EIGEN_FLOOR, _tensor, check_normal_equation
-from .filters import _count, _positive
-from .wudi import as_task_stack, sum_init, wudi_loss
+from ..registry import checked_count as _count
+from ..registry import checked_number as _positive
+from .wudi import as_task_stack, quadratic_loss, sum_init, wudi_loss
 
 __all__ = [
     "Trajectory",
@@ -65,11 +66,6 @@ class Trajectory:
         self.steps.append(step)
         self.thetas.append(theta.detach().clone())
         self.losses.append(float(loss))
-
-
-def _quadratic_loss(theta: torch.Tensor, C: torch.Tensor, D: torch.Tensor) -> float:
-    """``tr(theta C theta^T) - 2 tr(theta D^T)``: the WUDI loss without its constant."""
-    return float(((theta @ C) * theta).sum() - 2 * (theta * D).sum())
 
 
 def _record_set(record, steps: int) -> set[int]:
@@ -114,7 +110,7 @@ def gradient_descent(C, D, theta0=None, *, eta: float, steps: int, record=None,
         if s > 0:
             theta = theta - eta * (theta @ C - D)
         if s in keep:
-            traj._add(s, theta, _quadratic_loss(theta, C, D))
+            traj._add(s, theta, quadratic_loss(theta, C, D))
     return traj
 
 
@@ -196,7 +192,7 @@ def adam_wudi(C, D, theta0, *, lr: float = 1e-5, steps: int = 300, betas=(0.9, 0
                 theta.grad = 2 * (theta @ C - D)
                 opt.step()
             if s in keep:
-                traj._add(s, theta, _quadratic_loss(theta, C, D))
+                traj._add(s, theta, quadratic_loss(theta, C, D))
     return traj
 
 

@@ -23,8 +23,8 @@ with ``g_k = ||D q_k||^2 / lambda_k`` (the loss reduction fitting direction k ac
 ``h_k = ||D q_k||^2 / lambda_k^2`` (its contribution to the squared solution norm).
 
 A rule is ``rule(lam_desc, **context) -> int`` (``lam_desc`` a float64 1-D tensor, descending,
->= 0, not all zero; context keys ``rhs_energy``, ``aspect``). Adding one is one function plus
-one line in :data:`RANK_RULES`; :func:`choose_rank` validates, sorts and clamps.
+>= 0, not all zero; context keys ``rhs_energy``, ``aspect``). Adding one is one function under
+``@rank_rule("name")`` (:data:`RANK_RULES`); :func:`choose_rank` validates, sorts and clamps.
 """
 
 from __future__ import annotations
@@ -35,9 +35,27 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..registry import Registry
 from .estimator import numerical_rank_tolerance
 
-__all__ = ["RANK_RULES", "choose_rank", "cumvar"]
+__all__ = ["RANK_RULES", "rank_rule", "choose_rank", "cumvar"]
+
+RANK_RULES: Registry = Registry("rank rule")
+"""Rank rules by name, in registration order; any ``cumvar_<frac>`` resolves too (a family)."""
+
+
+def rank_rule(name: str, *, needs_rhs_energy: bool = False):
+    """Decorator: register ``rule(lam_desc, **context) -> K`` under ``name``.
+
+    ``needs_rhs_energy``: the rule reads ``rhs_energy[k] = ||D q_k||^2`` and cannot run without it.
+    """
+
+    def deco(fn):
+        fn.needs_rhs_energy = needs_rhs_energy
+        RANK_RULES.add(name, fn)
+        return fn
+
+    return deco
 
 _TOL = 1e-9  # ceil(3.0000000000000004) must be 3, not 4
 
@@ -47,6 +65,7 @@ def _ceil(x: float) -> int:
     return math.ceil(x - _TOL * max(1.0, abs(x)))
 
 
+@rank_rule("participation_sqrt")
 def participation_sqrt(lam: torch.Tensor, **context) -> int:
     """``K = ceil((sum_k sqrt lambda_k)^2 / sum_k lambda_k)``: participation ratio of sigma = sqrt(lambda).
 
@@ -56,6 +75,7 @@ def participation_sqrt(lam: torch.Tensor, **context) -> int:
     return _ceil(float(s.sum() ** 2 / lam.sum()))
 
 
+@rank_rule("participation")
 def participation(lam: torch.Tensor, **context) -> int:
     """``K = ceil((sum_k lambda_k)^2 / sum_k lambda_k^2)``: participation ratio of the eigenvalues."""
     return _ceil(float(lam.sum() ** 2 / lam.pow(2).sum()))
@@ -67,6 +87,7 @@ def _entropy_rank(weights: torch.Tensor) -> int:
     return _ceil(math.exp(float(-(p * p.log()).sum())))
 
 
+@rank_rule("entropy")
 def entropy(lam: torch.Tensor, **context) -> int:
     """``K = ceil(exp(-sum_k p_k log p_k))`` with ``p_k = sqrt(lambda_k) / sum_j sqrt(lambda_j)``.
 
@@ -76,11 +97,13 @@ def entropy(lam: torch.Tensor, **context) -> int:
     return _entropy_rank(lam.sqrt())
 
 
+@rank_rule("entropy_sq")
 def entropy_sq(lam: torch.Tensor, **context) -> int:
     """``K = ceil(exp(-sum_k p_k log p_k))`` with ``p_k = lambda_k / sum_j lambda_j``."""
     return _entropy_rank(lam)
 
 
+@rank_rule("stable_rank")
 def stable_rank(lam: torch.Tensor, **context) -> int:
     """``K = ceil(sum_k lambda_k / lambda_max)`` (stable rank ``||T||_F^2 / ||T||_2^2``)."""
     return _ceil(float(lam.sum() / lam[0]))
@@ -109,6 +132,7 @@ def gavish_donoho_omega(beta: float) -> float:
     return 0.56 * beta**3 - 0.95 * beta**2 + 1.82 * beta + 1.43
 
 
+@rank_rule("gavish_donoho")
 def gavish_donoho(lam: torch.Tensor, aspect: float | None = None, **context) -> int:
     """Optimal hard threshold for unknown noise: ``K = #{sigma_k > omega(beta) median(sigma)}``.
 
@@ -138,6 +162,7 @@ def _gain(lam: torch.Tensor, rhs_energy: torch.Tensor | None, rule: str, require
     return g, h
 
 
+@rank_rule("wudi_risk", needs_rhs_energy=True)
 def wudi_risk(lam: torch.Tensor, rhs_energy: torch.Tensor | None = None, **context) -> int:
     """``K = argmin_K risk(K)``, ``risk(K) = sum_{k>K} g_k / sum g + sum_{k<=K} h_k / sum h``.
 
@@ -156,6 +181,7 @@ def wudi_risk(lam: torch.Tensor, rhs_energy: torch.Tensor | None = None, **conte
     return int(K[torch.argmin(risk)])
 
 
+@rank_rule("loss_elbow")
 def loss_elbow(lam: torch.Tensor, rhs_energy: torch.Tensor | None = None, **context) -> int:
     """Kneedle elbow: ``K = argmax_K (sum_{k<=K} g_k / sum g - K / d)``.
 
@@ -172,32 +198,9 @@ def loss_elbow(lam: torch.Tensor, rhs_energy: torch.Tensor | None = None, **cont
     return int(torch.argmax(above)) + 1
 
 
-wudi_risk.needs_rhs_energy = True
-
-RANK_RULES: dict[str, Callable[..., int]] = {
-    "participation_sqrt": participation_sqrt,
-    "participation": participation,
-    "entropy": entropy,
-    "entropy_sq": entropy_sq,
-    "stable_rank": stable_rank,
-    "cumvar_0.9": cumvar(0.9),
-    "cumvar_0.95": cumvar(0.95),
-    "cumvar_0.99": cumvar(0.99),
-    "gavish_donoho": gavish_donoho,
-    "wudi_risk": wudi_risk,
-    "loss_elbow": loss_elbow,
-}
-"""Rank rules by name. Any ``cumvar_<frac>`` name works in :func:`choose_rank`, not only those listed."""
-
-
-def _rule(name: str) -> Callable[..., int]:
-    if not isinstance(name, str):
-        raise ValueError(f"rule must be a rule name, got {name!r}")
-    if name in RANK_RULES:
-        return RANK_RULES[name]
-    if name.startswith("cumvar_"):
-        return cumvar(name[len("cumvar_"):])
-    raise ValueError(f"unknown rank rule {name!r}; known: {', '.join(RANK_RULES)} (any cumvar_<frac>)")
+for _frac in (0.9, 0.95, 0.99):
+    RANK_RULES.add(f"cumvar_{_frac:g}", cumvar(_frac))
+RANK_RULES.add_family("cumvar", cumvar)
 
 
 def _vector(name: str, x) -> torch.Tensor:
@@ -226,7 +229,9 @@ def choose_rank(lam, rule: str = "participation_sqrt", *, rhs_energy=None, aspec
     conflict), always within [1, d]. An all-zero spectrum returns ``min(min_rank, d)``.
     """
     lam = _vector("lam", lam)
-    fn = _rule(rule)
+    if not isinstance(rule, str):
+        raise ValueError(f"rule must be a rule name, got {rule!r}")
+    fn = RANK_RULES.lookup(rule)
     if isinstance(min_rank, bool) or not float(min_rank).is_integer() or min_rank < 1:
         raise ValueError(f"min_rank must be an integer >= 1, got {min_rank!r}")
     try:

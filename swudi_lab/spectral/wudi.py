@@ -1,6 +1,6 @@
 """The WUDI problem of one linear layer: task vectors -> (C, D), loss and gradient.
 
-Notation (DESIGN.md §1). For N task vectors ``tau_i = W_i - W0`` of shape (d_out, d_in) and
+Notation (docs/design.md). For N task vectors ``tau_i = W_i - W0`` of shape (d_out, d_in) and
 ``n_i = ||tau_i||_F^2``::
 
     C = sum_i tau_i^T tau_i / n_i                 (d_in, d_in), symmetric PSD, trace(C) = N
@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["as_task_stack", "interference_operator", "wudi_loss", "wudi_gradient", "sum_init"]
+__all__ = ["as_task_stack", "task_norms", "live_count", "interference_operator", "wudi_loss", "quadratic_loss",
+           "loss_constant", "wudi_gradient", "sum_init", "kappa_time", "time_kappa"]
 
 
 def as_task_stack(task_vectors, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -46,8 +47,28 @@ def as_task_stack(task_vectors, dtype: torch.dtype | None = None) -> torch.Tenso
     return taus
 
 
-def _norms(taus: torch.Tensor) -> torch.Tensor:
-    return taus.pow(2).sum(dim=(1, 2))  # n_i = ||tau_i||_F^2
+def task_norms(taus: torch.Tensor) -> torch.Tensor:
+    """``n_i = ||tau_i||_F^2`` for a stack (N, *shape) of task vectors: an (N,) tensor."""
+    return taus.pow(2).flatten(1).sum(1)
+
+
+def live_count(taus: torch.Tensor) -> int:
+    """``N_live``: the experts whose task vector on this layer is not all zero (``trace(C) = N_live``)."""
+    return int((task_norms(taus) > 0).sum())
+
+
+def kappa_time(kappa: float, d_in: int, n_live: int) -> float:
+    """Per-layer time ``t = kappa d_in / N_live`` of the scale-free time ``kappa``.
+
+    ``trace(C) = N_live``, so the mean eigenvalue of C is ``N_live / d_in`` and ``kappa = t N / d_in``
+    (mean eigenvalue times t) means the same on every layer (docs/design.md, "Scale").
+    """
+    return kappa * d_in / n_live
+
+
+def time_kappa(t: float, d_in: int, n_live: int) -> float:
+    """The scale-free time ``kappa = t N_live / d_in`` of a layer's time ``t`` (inverse of :func:`kappa_time`)."""
+    return t * n_live / d_in
 
 
 def interference_operator(task_vectors, dtype: torch.dtype | None = None):
@@ -59,7 +80,7 @@ def interference_operator(task_vectors, dtype: torch.dtype | None = None):
     """
     taus = as_task_stack(task_vectors, dtype)
     d_out, d_in = taus.shape[1:]
-    n = _norms(taus)
+    n = task_norms(taus)
     live = n > 0
     if not live.all():  # skip experts that left this layer untouched (no copy when all are live)
         taus, n = taus[live], n[live]
@@ -87,13 +108,30 @@ def wudi_loss(theta: torch.Tensor, task_vectors) -> torch.Tensor:
     taus = as_task_stack(task_vectors, theta.dtype)
     if theta.shape != taus.shape[1:]:
         raise ValueError(f"theta has shape {tuple(theta.shape)}, task vectors {tuple(taus.shape[1:])}")
-    n = _norms(taus)
+    n = task_norms(taus)
     live = n > 0
     live_taus = taus[live]
     # (theta - tau_i) tau_i^T for all i as one batched matmul (a broadcasting einsum here was
     # ~1000x slower on a busy 2-core CPU)
     residual = (theta - live_taus) @ live_taus.transpose(1, 2)
     return (residual.pow(2).sum(dim=(1, 2)) / n[live]).sum()
+
+
+def quadratic_loss(theta: torch.Tensor, C: torch.Tensor, D: torch.Tensor) -> float:
+    """``tr(theta C theta^T) - 2 tr(theta D^T)``: the WUDI loss without its constant ``L(0)``.
+
+    theta (d_out, d_in), C (d_in, d_in), D (d_out, d_in); add :func:`loss_constant` for ``L(theta)``.
+    """
+    return float(((theta @ C) * theta).sum() - 2 * (theta * D).sum())
+
+
+def loss_constant(taus: torch.Tensor) -> float:
+    """``L(0) = sum_i ||tau_i^T tau_i||_F^2 / n_i`` over live experts, via the smaller Gram matrix."""
+    n = task_norms(taus)
+    live = n > 0
+    t, n = (taus, n) if bool(live.all()) else (taus[live], n[live])  # no copy in the usual case
+    G = t @ t.transpose(1, 2) if t.shape[1] <= t.shape[2] else t.transpose(1, 2) @ t
+    return float((G.pow(2).sum(dim=(1, 2)) / n).sum())
 
 
 def wudi_gradient(theta: torch.Tensor, C: torch.Tensor, D: torch.Tensor) -> torch.Tensor:

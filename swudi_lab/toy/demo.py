@@ -8,10 +8,11 @@
     tikhonov       gcv           ...
 
 The pseudoinverse ``f = 1`` amplifies the noise by ``1 / sigma_k``; every filter, at a good
-parameter, is orders of magnitude better (DESIGN.md §1, "the noisy inverse problem view").
+parameter, is orders of magnitude better (docs/design.md, "the noisy inverse problem view").
 "oracle" is the best parameter on the grid in hindsight (it knows ``x_true``); GCV, the
 L-curve and the discrepancy principle (which knows ``||e||``) choose from the data alone.
-Grids are relative to ``sigma_1^2``; ``eta = 1 / sigma_1^2`` for Landweber.
+Every registered filter with a sweep is a row group (:data:`~swudi_lab.spectral.FILTERS`); grids
+are relative to ``sigma_1^2``.
 """
 
 from __future__ import annotations
@@ -21,36 +22,30 @@ import math
 
 import numpy as np
 
-from ..spectral.choice import choose
+from ..spectral.choice import choose, rules_for
 from ..spectral.estimator import filtered_solve, svd
-from ..spectral.filters import exponential, landweber, pseudoinverse, swudi, tikhonov, top_k, wiener
+from ..spectral.filters import FILTERS, pseudoinverse
 from .noise import white_noise
 from .problems import PROBLEMS, make_problem
 
 __all__ = ["filter_families", "run_toy_demo", "format_table", "print_toy_demo", "main"]
 
-RULES_1D = ("oracle", "gcv", "l_curve", "discrepancy")
-
-
 def filter_families(sigma1: float, n: int) -> dict:
-    """The demo's filter families and grids for a problem with largest singular value ``sigma1``.
+    """Every registered filter with a sweep, for a problem with largest singular value ``sigma1``.
 
-    Returns ``{name: (family, params, rules)}``: ``family`` maps a parameter to a Filter,
-    ``params`` is the grid (``s = sigma1^2``), ``rules`` the choice rules that apply (the
-    L-curve needs a 1-D family; SWUDI's grid is 2-D ``(t, K)``).
+    Returns ``{name: (family, params, rules)}``: ``family`` maps a parameter to a Filter and
+    ``params`` is its grid, both from the filter's registry entry
+    (:class:`~swudi_lab.spectral.filters.FilterKind` ``sweep``, grids relative to ``s = sigma1^2``);
+    ``rules`` are the choice rules that apply to the grid (the L-curve needs a 1-D family; SWUDI's
+    grid is 2-D ``(t, K)``).
     """
     s = sigma1**2
-    steps = np.unique(np.round(np.logspace(0, 12, 97)).astype(np.int64)).tolist()
-    t_grid = (np.logspace(0, 16, 81) / s).tolist()
-    swudi_grid = [(t, k) for t in (np.logspace(0, 16, 17) / s).tolist() for k in range(1, n + 1)]
-    return {
-        "landweber": (lambda k: landweber(1 / s, k), steps, RULES_1D),
-        "exponential": (lambda t: exponential(t), t_grid, RULES_1D),
-        "tikhonov": (lambda a: tikhonov(a), (s * np.logspace(-16, 0, 81)).tolist(), RULES_1D),
-        "top_k": (lambda k: top_k(k=k), list(range(1, n + 1)), RULES_1D),
-        "swudi": (lambda p: swudi(t=p[0], k=p[1]), swudi_grid, ("oracle", "gcv", "discrepancy")),
-        "wiener": (lambda nu2: wiener(2.0, nu2), (s**2 * np.logspace(-32, 0, 81)).tolist(), RULES_1D),
-    }
+    out = {}
+    for name, kind in FILTERS.items():
+        if kind.sweep is not None:
+            family, grid = kind.sweep(s, n)
+            out[name] = (family, grid, rules_for(grid))
+    return out
 
 
 def run_toy_demo(problem: str = "shaw", n: int = 64, noise: float = 1e-3, seed: int = 0) -> list[dict]:

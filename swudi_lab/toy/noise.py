@@ -22,7 +22,9 @@ import torch
 
 from ..spectral.estimator import eigh
 from ..spectral.wudi import as_task_stack, interference_operator
-from .operators import _count, _generator, _positive, random_orthogonal
+from ..registry import checked_count as _count
+from ..registry import checked_number as _positive
+from .operators import _generator, random_orthogonal
 
 __all__ = ["NoisyData", "white_noise", "noise_variances", "eigen_noise", "MergeProxy", "merge_proxy",
            "random_merge_proxy"]

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..registry import checked_count as _count
+from ..registry import checked_number as _positive
 from ..spectral.estimator import eigh
 from ..spectral.wudi import interference_operator
 
@@ -92,22 +94,6 @@ def _generator(seed) -> torch.Generator:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise ValueError(f"seed must be an int or a torch.Generator, got {seed!r}")
     return torch.Generator().manual_seed(int(seed))
-
-
-def _count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not float(value).is_integer() or int(value) < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def _positive(name: str, value, allow_zero: bool = False) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        raise ValueError(f"{name} must be finite and {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return v
 
 
 def random_orthogonal(m: int, r: int | None = None, seed=0) -> torch.Tensor:

@@ -17,7 +17,6 @@ from .explorers import (
     gd_explorer,
     inverse_problem_explorer,
     merge_explorer,
-    participation_rank,
 )
 from .figures import *  # noqa: F401,F403
 from .style import PALETTE, TEMPLATE, color, side_by_side

@@ -13,39 +13,33 @@ import ipywidgets as widgets
 import numpy as np
 
 from ..spectral import filters as F
+from ..spectral.rank_rules import RANK_RULES, choose_rank
 from .merging import accuracy_curve_figure
 from .style import as_array, side_by_side
 from .theory import error_curve_figure, filter_factors_figure, solutions_figure, spectra_figure
 from .widgets import explore
 
-CUTOFF_FILTERS = ("tikhonov", "exponential", "top_k", "landweber", "wiener", "pseudoinverse")
+def cutoff_filters() -> list[str]:
+    """The registered filters that have a one-knob cutoff form (the inverse-problem explorer's dropdown)."""
+    return [name for name, kind in F.FILTERS.items() if kind.cutoff is not None]
 
 
 def cutoff_filter(name: str, lambda_c: float, lam) -> F.Filter:
-    """A filter of kind ``name`` whose transition sits at eigenvalue ``lambda_c`` (one knob for all).
+    """The registered filter ``name`` with its transition at eigenvalue ``lambda_c`` (one knob for all).
 
+    Each filter declares its cutoff form in the registry (:class:`~swudi_lab.spectral.filters.FilterKind`):
     ``tikhonov``: ``alpha = lambda_c`` (f = 1/2 there); ``exponential``: ``t = 1 / lambda_c``;
     ``top_k``: ``K = #{lambda_k >= lambda_c}``; ``landweber``: ``eta = 1 / lambda_max``,
-    ``n = lambda_max / lambda_c`` (so ``eta n = 1 / lambda_c``); ``wiener``: ``p = 2``,
-    ``nu2 = lambda_c^2``; ``pseudoinverse`` ignores ``lambda_c``.
+    ``n = lambda_max / lambda_c``; ``wiener``: ``p = 2``, ``nu2 = lambda_c^2``; ``pseudoinverse``
+    ignores ``lambda_c``.
     """
     lam = as_array("lam", lam)
     if not lambda_c > 0:
         raise ValueError(f"lambda_c must be > 0, got {lambda_c!r}")
-    lmax = float(lam.max())
-    if name == "tikhonov":
-        return F.tikhonov(lambda_c)
-    if name == "exponential":
-        return F.exponential(1.0 / lambda_c)
-    if name == "top_k":
-        return F.top_k(k=max(1, int((lam >= lambda_c).sum())))
-    if name == "landweber":
-        return F.landweber(1.0 / lmax, max(1, round(lmax / lambda_c)))
-    if name == "wiener":
-        return F.wiener(2.0, lambda_c**2)
-    if name == "pseudoinverse":
-        return F.pseudoinverse()
-    raise ValueError(f"name must be one of {CUTOFF_FILTERS}, got {name!r}")
+    names = cutoff_filters()
+    if name not in names:
+        raise ValueError(f"name must be one of {names}, got {name!r}")
+    return F.FILTERS[name].cutoff(lambda_c, lam)
 
 
 # ------------------------------------------------------------------ toy problems ------------
@@ -145,7 +139,7 @@ def inverse_problem_explorer(A=None, b=None, x_true=None, *, problem="shaw", n: 
 
     controls = {
         "noise": _log_slider("noise", noise, 1e-4, 1.0),
-        "filter": widgets.Dropdown(options=list(CUTOFF_FILTERS), value=filter, description="filter"),
+        "filter": widgets.Dropdown(options=cutoff_filters(), value=filter, description="filter"),
         "lambda_c": _log_slider("lambda_c", lambda_c, lo, hi),
     }
     grid = fallback_grid or {"noise": [1e-3, 1e-2, 1e-1], "filter": ["tikhonov", "exponential", "top_k"],
@@ -200,21 +194,11 @@ def gd_explorer(A=None, b=None, x_true=None, *, problem="shaw", n: int = 64, noi
 # ------------------------------------------------------------ (3) filters and rank rules -----
 
 
-def participation_rank(lam) -> int:
-    """SWUDI-A's default rule ``K = ceil((sum sqrt(lambda))^2 / sum lambda)`` (built-in fallback)."""
-    lam = np.clip(as_array("lam", lam), 0, None)
-    return max(1, math.ceil(np.sqrt(lam).sum() ** 2 / lam.sum())) if lam.sum() > 0 else 1
-
-
 def _rank_rules(rules, rhs_energy=None) -> dict:
     """``name -> callable(lam) -> K``: ``rules`` if given, else :data:`swudi_lab.spectral.rank_rules.RANK_RULES`
     through ``choose_rank`` (rules that need ``rhs_energy`` only when it is given)."""
     if rules is not None:
         return dict(rules)
-    try:
-        from ..spectral.rank_rules import RANK_RULES, choose_rank
-    except ImportError:  # the rank-rule module is optional for the viz package
-        return {"participation_sqrt": participation_rank}
     return {name: (lambda lam, name=name: choose_rank(lam, name, rhs_energy=rhs_energy))
             for name, fn in RANK_RULES.items()
             if rhs_energy is not None or not getattr(fn, "needs_rhs_energy", False)}
