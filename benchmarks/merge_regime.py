@@ -60,17 +60,18 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from swudi_lab.demo import PAPER_KAPPA_IWUDI, PAPER_KAPPA_SWUDI  # noqa: E402
+from swudi_lab.config.presets import ZOO_MATCHED  # noqa: E402
 from swudi_lab import evaluate as E  # noqa: E402
 from swudi_lab.evaluate import average_accuracy, evaluate_backbone, normalized_accuracy, recovered_gain  # noqa: E402
 from swudi_lab.merge import merge  # noqa: E402
 
-RUNS = {  # label: (registry method, parameters); the spectral times scale-matched through kappa
+_KAPPA_IWUDI, _KAPPA_SWUDI = ZOO_MATCHED.params("iwudi")["kappa"], ZOO_MATCHED.params("swudi")["kappa"]
+RUNS = {  # label: (registry method, parameters); the spectral times scale-matched through kappa (preset zoo-matched)
     "average": ("average", {}),
     "task_arithmetic": ("task_arithmetic", {}),
     "closed_form": ("closed_form", {}),
-    f"iwudi (kappa={PAPER_KAPPA_IWUDI:.3g})": ("iwudi", {"kappa": PAPER_KAPPA_IWUDI}),
-    f"swudi (kappa={PAPER_KAPPA_SWUDI:.3g})": ("swudi", {"kappa": PAPER_KAPPA_SWUDI}),
+    f"iwudi (kappa={_KAPPA_IWUDI:.3g})": ("iwudi", ZOO_MATCHED.params("iwudi")),
+    f"swudi (kappa={_KAPPA_SWUDI:.3g})": ("swudi", ZOO_MATCHED.params("swudi")),
     "swudi_a": ("swudi_a", {}),
 }
 

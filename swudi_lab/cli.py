@@ -2,7 +2,9 @@
 
     swudi-lab merge --base BASE --experts E1 E2 ... --method swudi [--t 1300] [--ratio 0.65]
                     [--device auto] [--dtype float32] --out merged.safetensors [--report report.json]
+    swudi-lab merge ... --method swudi --preset clip-vit-b32   (a model family's published settings)
     swudi-lab methods
+    swudi-lab presets
     swudi-lab zoo build [--seeds 0 1 2] [--pretrain]      (the offline ViT expert zoo)
     swudi-lab zoo build --root DIR --lr 3e-4 [--steps N] [--head-scale S] [--trainable attention]
                                                          (a fine-tuning variant, in its own root)
@@ -45,6 +47,7 @@ def _method_flags():
 
 
 def _add_merge(sub) -> None:
+    from swudi_lab.config import PRESETS
     from swudi_lab.merge import DEFAULT_HEAD_PATTERN, METHODS
 
     p = sub.add_parser(
@@ -59,6 +62,8 @@ def _add_merge(sub) -> None:
     p.add_argument("--experts", required=True, nargs="+", help="expert checkpoints (same keys and shapes as the base)")
     p.add_argument("--tasks", nargs="+", default=None, help="task names of the experts (default: file stems)")
     p.add_argument("--method", required=True, choices=list(METHODS), help="merge method")
+    p.add_argument("--preset", default=None, choices=list(PRESETS),
+                   help="published settings of a model family (see `swudi-lab presets`); flags given override them")
     p.add_argument("--out", required=True, help="merged checkpoint (.safetensors), written atomically")
     p.add_argument("--report", default=None, help="per-layer report: report.json (+ report.csv)")
     p.add_argument("--heads-out", default=None, help="per-task heads file (default: <out stem>.heads.safetensors)")
@@ -102,7 +107,8 @@ def _cmd_merge(args) -> int:
         args.base, args.experts, args.out, args.method,
         report_path=args.report, heads_path=args.heads_out, tasks=args.tasks,
         progress=not args.no_progress, device=args.device, dtype=args.dtype,
-        head_pattern=args.head_pattern or None, include=args.include, exclude=args.exclude, **params,
+        head_pattern=args.head_pattern or None, include=args.include, exclude=args.exclude, preset=args.preset,
+        **params,
     )
     if not args.quiet:
         print(report.to_table())
@@ -123,6 +129,17 @@ def _cmd_methods(args) -> int:
     from swudi_lab.merge import describe_methods
 
     print(describe_methods(args.names or None), end="")
+    return 0
+
+
+def _add_presets(sub) -> None:
+    sub.add_parser("presets", help="list the published settings per model family (--preset of merge)")
+
+
+def _cmd_presets(args) -> int:
+    from swudi_lab.merge import describe_presets
+
+    print(describe_presets(), end="")
     return 0
 
 
@@ -272,6 +289,7 @@ def _cmd_bench(args) -> int:
 SUBCOMMANDS = {
     "merge": (_add_merge, _cmd_merge),
     "methods": (_add_methods, _cmd_methods),
+    "presets": (_add_presets, _cmd_presets),
     "zoo": (_add_zoo, _cmd_zoo),
     "demo": (_add_demo, _cmd_demo),
     "bench": (_add_bench, _cmd_bench),

@@ -32,20 +32,21 @@ from pathlib import Path
 
 import numpy as np
 
+from .config.presets import PAPER, ZOO_MATCHED
 from .evaluate import (average_accuracy, cross_effect, evaluate_backbone, mean_std, measure, normalized_accuracy,
                        own_response, recovered_gain)
 from .merge import METHODS, merge
 from .merge.engine import iter_layer_problems
-from .merge.sweep import filter_sweep, kappa_time, per_layer
-from .spectral import exponential, pseudoinverse, swudi
+from .merge.sweep import filter_sweep, per_layer
+from .spectral import exponential, kappa_time, live_count, pseudoinverse, swudi
 from .spectral.iterative import adam_wudi, empirical_filter_factors, fit_effective_time
 
-__all__ = ["Run", "PAPER", "demo_runs", "calibrate_wudi_lr", "run_seed", "run_demo", "format_table"]
+__all__ = ["Run", "demo_runs", "calibrate_wudi_lr", "run_seed", "run_demo", "format_table"]
 
-# The paper's setting: CLIP ViT-B/32, d_in = 768, N = 8 experts (DESIGN.md, "Scale").
-PAPER = {"d_in": 768, "n_experts": 8, "t_iwudi": 300.0, "t_swudi": 1300.0, "ratio": 0.65, "lr": 1e-5, "steps": 300}
-PAPER_KAPPA_IWUDI = PAPER["t_iwudi"] * PAPER["n_experts"] / PAPER["d_in"]  # 3.125
-PAPER_KAPPA_SWUDI = PAPER["t_swudi"] * PAPER["n_experts"] / PAPER["d_in"]  # 13.54
+# The paper's setting (CLIP ViT-B/32, d_in = 768, N = 8) and its scale-free times, from the presets.
+PAPER_KAPPA_IWUDI = ZOO_MATCHED.params("iwudi")["kappa"]  # 3.125
+PAPER_KAPPA_SWUDI = ZOO_MATCHED.params("swudi")["kappa"]  # 13.54
+ZOO_D_IN = 128  # width of the zoo's ViT: the filtered method's matched ridge is set on it
 
 WUDI_STEPS = (100, 300, 1000, 3000)
 KAPPAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 1000.0)
@@ -65,21 +66,19 @@ class Run:
 
 
 def demo_runs(lr_rel: float) -> list[Run]:
-    """Every registry method at its defaults, plus the scale-matched variants.
+    """Every registry method at the paper's settings (preset ``clip-vit-b32``), plus the scale-matched
+    variants (preset ``zoo-matched``, with WUDI's ``lr_rel`` as calibrated on this zoo).
 
-    ``filtered`` has no paper default: it runs Tikhonov with ``alpha = 1 / t`` (the ridge that
+    ``filtered`` has no published setting: it runs Tikhonov with ``alpha = 1 / t`` (the ridge that
     halves the factors where the exponential filter at time t reaches 1 - 1/e), at the paper's
     t = 300 and at the scale-matched t of a d_in = 128 layer.
     """
-    runs = []
-    for name in METHODS:
-        params = {"filter": "tikhonov", "alpha": 1.0 / PAPER["t_iwudi"]} if name == "filtered" else {}
-        runs.append(Run(name, name, params, "paper"))
-    t128 = kappa_time(PAPER_KAPPA_IWUDI, 128, PAPER["n_experts"])
+    runs = [Run(name, name, PAPER.params(name) if name in PAPER.methods else {}, "paper") for name in METHODS]
+    t128 = kappa_time(PAPER_KAPPA_IWUDI, ZOO_D_IN, PAPER.n_experts)
     runs += [
-        Run("wudi (matched lr)", "wudi", {"lr_rel": lr_rel}, "matched"),
-        Run(f"iwudi (kappa={PAPER_KAPPA_IWUDI:.3g})", "iwudi", {"kappa": PAPER_KAPPA_IWUDI}, "matched"),
-        Run(f"swudi (kappa={PAPER_KAPPA_SWUDI:.3g})", "swudi", {"kappa": PAPER_KAPPA_SWUDI}, "matched"),
+        Run("wudi (matched lr)", "wudi", {**ZOO_MATCHED.params("wudi"), "lr_rel": lr_rel}, "matched"),
+        Run(f"iwudi (kappa={PAPER_KAPPA_IWUDI:.3g})", "iwudi", ZOO_MATCHED.params("iwudi"), "matched"),
+        Run(f"swudi (kappa={PAPER_KAPPA_SWUDI:.3g})", "swudi", ZOO_MATCHED.params("swudi"), "matched"),
         Run(f"filtered (tikhonov, alpha={1 / t128:.3g})", "filtered", {"filter": "tikhonov", "alpha": 1 / t128},
             "matched"),
     ]
@@ -104,7 +103,7 @@ def calibrate_wudi_lr(base, experts, *, kappa_target: float = PAPER_KAPPA_IWUDI,
     def median_kappa(lr_of_layer) -> tuple[float, float]:
         kappas, r2s = [], []
         for p in problems:
-            n_live = int((p.taus.pow(2).sum(dim=(1, 2)) > 0).sum())
+            n_live = live_count(p.taus)
             if n_live == 0:
                 continue
             theta0 = p.taus.sum(0)
@@ -121,7 +120,7 @@ def calibrate_wudi_lr(base, experts, *, kappa_target: float = PAPER_KAPPA_IWUDI,
     for lr_rel in grid:
         k, r2 = median_kappa(lambda p: lr_rel * rms[p.name])
         curve.append({"lr_rel": lr_rel, "kappa_eff": k, "r2": r2})
-    paper_k, paper_r2 = median_kappa(lambda p: PAPER["lr"])
+    paper_k, paper_r2 = median_kappa(lambda p: PAPER.params("wudi")["lr"])
     xs = np.log([c["lr_rel"] for c in curve])
     ys = np.log([max(c["kappa_eff"], 1e-12) for c in curve])
     order = np.argsort(ys)
@@ -189,7 +188,7 @@ def run_seed(seed: int, *, device="cpu", quick: bool = False, progress: bool = T
         return _score(state_dict, zoo, sweep_data, sweep_expert_acc, device)
 
     steps = WUDI_STEPS[:2] if quick else WUDI_STEPS
-    for label, lr_args in (("paper lr", {"lr": PAPER["lr"]}), ("matched lr", {"lr_rel": calib["lr_rel"]})):
+    for label, lr_args in (("paper lr", {"lr": PAPER.params("wudi")["lr"]}), ("matched lr", {"lr_rel": calib["lr_rel"]})):
         curve = []
         for s in steps:
             merged = merge(base, experts, "wudi", progress=False, device=device, steps=s, **lr_args)

@@ -4,23 +4,19 @@ import json
 
 import pytest
 
-from swudi_lab.demo import PAPER_KAPPA_IWUDI, PAPER_KAPPA_SWUDI, demo_runs, format_table, run_demo
+from swudi_lab.config.presets import PAPER
+from swudi_lab.demo import demo_runs, format_table, run_demo
 from swudi_lab.merge import METHODS
 
 
-def test_paper_kappas_follow_from_the_paper_setting():
-    # kappa = t N / d_in on CLIP ViT-B/32: N = 8, d_in = 768
-    assert PAPER_KAPPA_IWUDI == pytest.approx(300 * 8 / 768)
-    assert PAPER_KAPPA_SWUDI == pytest.approx(1300 * 8 / 768)
-
-
-def test_every_registry_method_runs_at_its_defaults_and_matched_variants_exist():
+def test_every_registry_method_runs_at_the_paper_setting_and_matched_variants_exist():
     runs = demo_runs(lr_rel=0.05)
-    paper = [r.method for r in runs if r.setting == "paper"]
-    assert paper == list(METHODS)
+    paper = {r.method: r.params for r in runs if r.setting == "paper"}
+    assert list(paper) == list(METHODS)
+    assert paper["swudi"] == {"t": 1300.0, "ratio": 0.65} and paper["average"] == {}
     matched = {r.method: r.params for r in runs if r.setting == "matched"}
-    assert matched["iwudi"] == {"kappa": PAPER_KAPPA_IWUDI}
-    assert matched["wudi"] == {"lr_rel": 0.05}
+    assert matched["iwudi"] == {"kappa": PAPER.kappa("iwudi")}
+    assert matched["wudi"] == {"lr_rel": 0.05, "steps": 300}
 
 
 @pytest.mark.slow

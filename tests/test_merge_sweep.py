@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from swudi_lab.merge import merge
-from swudi_lab.merge.sweep import filter_sweep, kappa_time, per_layer
+from swudi_lab.merge.sweep import filter_sweep, per_layer
+from swudi_lab.spectral import kappa_time
 from swudi_lab.spectral import exponential, pseudoinverse, swudi
 
 from merge_helpers import make_checkpoints

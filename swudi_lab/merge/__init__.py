@@ -19,7 +19,7 @@ Example::
 from . import methods  # noqa: F401  (registers the methods)
 from .engine import DEFAULT_HEAD_PATTERN, LayerProblem, MergeResult, iter_layer_problems, merge, merge_files, resolve_device
 from .io import Checkpoint, SafetensorsWriter, load_state_dict, load_timm, open_checkpoint, save_safetensors
-from .registry import METHODS, Method, Param, describe_methods, get_method, register, resolve_params
+from .registry import METHODS, Method, Param, describe_methods, describe_presets, get_method, register, resolve_params
 from .report import MergeReport
 
 __all__ = [

@@ -38,6 +38,7 @@ from typing import Iterator, Mapping, NamedTuple, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..config.presets import get_preset
 from ..spectral import Eig, eigh, interference_operator
 from . import methods as _methods  # noqa: F401  (fills the registry)
 from .io import Checkpoint, SafetensorsWriter, open_checkpoint, save_safetensors
@@ -249,21 +250,26 @@ def _iter_heads(plan: _Plan) -> Iterator[tuple[str, str, torch.Tensor]]:
             yield task, k, plan.read(ck, k, f"expert {task!r}").clone()
 
 
-def _new_report(method: Method, params: dict, plan: _Plan, device, dtype) -> MergeReport:
-    return MergeReport(method.name, dict(params), meta={
-        "device": str(device), "dtype": str(dtype).replace("torch.", ""), "n_experts": len(plan.experts),
-        "tasks": plan.tasks, "base": plan.base.label, "experts": [c.label for c in plan.experts],
-    })
+def _new_report(method: Method, params: dict, plan: _Plan, device, dtype, preset=None) -> MergeReport:
+    meta = {"device": str(device), "dtype": str(dtype).replace("torch.", ""), "n_experts": len(plan.experts),
+            "tasks": plan.tasks, "base": plan.base.label, "experts": [c.label for c in plan.experts]}
+    if preset is not None:
+        meta["preset"] = get_preset(preset).name
+    return MergeReport(method.name, dict(params), meta=meta)
 
 
-def _prepare(method, params, device, dtype):
+def _prepare(method, params, device, dtype, preset, exclude):
+    """Method, resolved parameters (under ``preset``'s), device, dtype and exclude patterns (+ the preset's)."""
     m = get_method(method)
-    return m, resolve_params(m, params), resolve_device(device), _resolve_dtype(dtype)
+    if preset is not None:
+        extra = list(get_preset(preset).exclude)
+        exclude = extra + ([exclude] if isinstance(exclude, str) else list(exclude or [])) if extra else exclude
+    return m, resolve_params(m, params, preset=preset), resolve_device(device), _resolve_dtype(dtype), exclude
 
 
 def merge(base, experts, method: str = "swudi", *, progress: bool = True, device="auto", dtype=torch.float32,
           head_pattern: str | None = DEFAULT_HEAD_PATTERN, include=None, exclude=None,
-          tasks: Sequence[str] | None = None, **params) -> MergeResult:
+          tasks: Sequence[str] | None = None, preset: str | None = None, **params) -> MergeResult:
     """Merge ``experts`` into ``base`` in memory with a registered method.
 
     Args:
@@ -275,13 +281,15 @@ def merge(base, experts, method: str = "swudi", *, progress: bool = True, device
         head_pattern: full-match regex of task-specific head tensors (``None``: no heads).
         include, exclude: full-match regexes selecting the tensors to merge (others: base).
         tasks: names of the experts (default: file stems or ``expert0``, ``expert1``, ...).
+        preset: a name in :data:`~swudi_lab.config.PRESETS` (``"clip-vit-b32"``): its published
+            values for ``method`` under ``**params``, and its ``exclude`` patterns added.
 
     Returns :class:`MergeResult` with ``state_dict`` (every non-head base tensor, in the base's
     dtype), ``heads[task][name]`` and the per-layer ``report``.
     """
-    m, params, device, dtype = _prepare(method, params, device, dtype)
+    m, params, device, dtype, exclude = _prepare(method, params, device, dtype, preset, exclude)
     plan = _Plan(base, experts, tasks, head_pattern, include, exclude)
-    report = _new_report(m, params, plan, device, dtype)
+    report = _new_report(m, params, plan, device, dtype, preset)
     state = {}
     for key, out, row in _stream(plan, m, params, device, dtype, progress):
         state[key] = out
@@ -296,7 +304,7 @@ def merge(base, experts, method: str = "swudi", *, progress: bool = True, device
 def merge_files(base_path, expert_paths: Sequence, out_path, method: str = "swudi", *,
                 report_path=None, heads_path=None, tasks: Sequence[str] | None = None, progress: bool = True,
                 device="auto", dtype=torch.float32, head_pattern: str | None = DEFAULT_HEAD_PATTERN,
-                include=None, exclude=None, **params) -> MergeReport:
+                include=None, exclude=None, preset: str | None = None, **params) -> MergeReport:
     """Merge checkpoint files into ``out_path`` (``.safetensors``), streaming tensor by tensor.
 
     Same semantics as :func:`merge`. The output holds every non-head base tensor, written in
@@ -309,14 +317,14 @@ def merge_files(base_path, expert_paths: Sequence, out_path, method: str = "swud
     out_path = Path(out_path)
     if out_path.suffix.lower() != ".safetensors":
         raise ValueError(f"output must be a .safetensors file, got {out_path}")
-    m, params, device, dtype = _prepare(method, params, device, dtype)
+    m, params, device, dtype, exclude = _prepare(method, params, device, dtype, preset, exclude)
     plan = _Plan(base_path, expert_paths, tasks, head_pattern, include, exclude)
     inputs = {Path(c.label).resolve() for c in [plan.base, *plan.experts] if Path(c.label).is_file()}
     targets = [out_path] + ([Path(heads_path)] if heads_path else [])
     for p in targets:
         if p.resolve() in inputs:
             raise ValueError(f"output {p} is one of the inputs; inputs are never modified")
-    report = _new_report(m, params, plan, device, dtype)
+    report = _new_report(m, params, plan, device, dtype, preset)
     metadata = {"format": "pt", "swudi_lab.method": m.name,
                 "swudi_lab.params": json.dumps(params, sort_keys=True), "swudi_lab.tasks": json.dumps(plan.tasks)}
     t0 = time.perf_counter()

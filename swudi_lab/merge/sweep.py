@@ -3,7 +3,7 @@
 A sweep over the exponential time ``t`` (or ``kappa``), the SWUDI ratio ``r`` or any other
 filter parameter only changes the factors ``f(lambda)``; ``C``, ``D`` and ``eigh(C)`` stay the
 same. :func:`filter_sweep` decomposes each 2-D layer once and evaluates the estimator
-(DESIGN.md §1)::
+(docs/design.md)::
 
     theta_f = theta0 (I - V F V^T) + D V diag(f / lambda) V^T
 
@@ -18,18 +18,13 @@ from typing import Callable, Mapping
 
 import torch
 
-from ..spectral import Filter, spectral_estimate
+from ..spectral import Filter, kappa_time, live_count, spectral_estimate
 from .engine import iter_layer_problems, merge
 
-__all__ = ["filter_sweep", "per_layer", "kappa_time"]
+__all__ = ["filter_sweep", "per_layer"]
 
 FilterRule = Callable[[int, int], Filter]
 """``(d_in, n_live) -> Filter``: the filter to use on a layer with that input size and live experts."""
-
-
-def kappa_time(kappa: float, d_in: int, n_live: int) -> float:
-    """Per-layer time ``t = kappa d_in / N`` (``kappa = t N / d_in`` is the scale-free time)."""
-    return kappa * d_in / n_live
 
 
 def per_layer(filt: Filter) -> FilterRule:
@@ -44,7 +39,7 @@ def filter_sweep(base, experts, rules: Mapping[str, FilterRule], *, init: str = 
     Args:
         base, experts: as for :func:`~swudi_lab.merge.merge` (state dicts, modules or paths).
         rules: ``label -> (d_in, n_live) -> Filter``; e.g. ``{"kappa=3": lambda d, n:
-            exponential(kappa_time(3, d, n))}``. Use :func:`per_layer` for a fixed filter.
+            exponential(kappa_time(3, d, n))}`` (:func:`~swudi_lab.spectral.kappa_time`). Use :func:`per_layer` for a fixed filter.
         init: ``"sum"`` (``theta0 = sum_i tau_i``) or ``"zero"``. scale: ``merged = W0 + scale theta``.
         selection: ``head_pattern``, ``include``, ``exclude``, ``tasks`` as for ``merge``.
 
@@ -58,7 +53,7 @@ def filter_sweep(base, experts, rules: Mapping[str, FilterRule], *, init: str = 
     common = merge(base, experts, "average", progress=False, device=device, dtype=dtype, **selection).state_dict
     out = {label: dict(common) for label in rules}
     for p in iter_layer_problems(base, experts, device=device, dtype=dtype, progress=progress, **selection):
-        n_live = int((p.taus.pow(2).sum(dim=(1, 2)) > 0).sum())
+        n_live = live_count(p.taus)
         theta0 = p.taus.sum(0) if init == "sum" else None
         for label, rule in rules.items():
             if n_live == 0:
