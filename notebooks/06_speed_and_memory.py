@@ -28,36 +28,19 @@
 # * the **accuracy-time Pareto plot**.
 
 # %% tags=["setup"]
-# Colab only: fetch swudi_lab (code + the shipped offline zoo under data/) and install it.
-# Locally (JupyterLab, nbval, the browser test) this cell does nothing.
-import os
-import subprocess
-import sys
-
-IN_COLAB = "google.colab" in sys.modules
-if IN_COLAB:
-    REPO_DIR = "/content/swudi_lab"
-    if not os.path.isdir(REPO_DIR):
-        subprocess.run(["git", "clone", "-q", "--depth", "1", "https://github.com/swudi-lab/swudi_lab", REPO_DIR], check=True)
-    # --no-deps: keep Colab's own torch, numpy, plotly, ipywidgets, jupyter; add what it lacks.
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", REPO_DIR], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "timm", "safetensors"], check=True)
-    sys.path.insert(0, REPO_DIR)  # the running kernel does not see a fresh editable install otherwise
-
-# %% tags=["setup"]
-import swudi_lab  # must come before any timm import (torchvision compatibility shim)
+try:
+    import swudi_lab  # first: its torchvision shim must run before anything imports timm
+except ImportError:  # Colab: fetch swudi_lab (code + the shipped offline zoo under data/) and install it,
+    # keeping Colab's own torch, plotly and ipywidgets (--no-deps)
+    # !git clone -q --depth 1 https://github.com/swudi-lab/swudi_lab /content/swudi_lab
+    # !pip install -q --no-deps -e /content/swudi_lab && pip install -q timm safetensors
+    import sys; sys.path.insert(0, "/content/swudi_lab"); import swudi_lab
 import numpy as np
-import plotly.io as pio
 import torch
 
 from swudi_lab import viz
 
-# Plotly: JupyterLab draws the plotly mime type; exported HTML (and nbviewer) use the
-# inline "notebook" HTML (plotly.js embedded once, no CDN); Colab has its own renderer.
-pio.renderers.default = "colab" if IN_COLAB else "plotly_mimetype+notebook"
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-print(f"swudi_lab {swudi_lab.__version__} | torch {torch.__version__} | device: {DEVICE} | "
-      f"explorers: {viz.resolve_mode()}")
+DEVICE = swudi_lab.setup_notebook()
 
 # %% [markdown]
 # ## The zoo
@@ -178,19 +161,6 @@ viz.pareto_figure(points)
 #
 # WUDI's cost grows linearly with its number of Adam steps `n`, SWUDI's does not have such a knob.
 # Slide `n` to see where WUDI lands on the accuracy-time plane (each point merged and scored above).
-#
-# **How the explorer works.** `viz.explore` picks one pattern per environment (printed by the setup
-# cell as *explorers: ...*):
-#
-# * **JupyterLab / Jupyter / VS Code** (`"widgets"`): ipywidgets controls above an `Output`; every
-#   change builds a fresh plotly figure and shows it with `display(fig)`. No `FigureWidget` is
-#   involved, so it needs nothing but ipywidgets.
-# * **Colab** (`"plotly-sliders"`): Colab is unreliable with `FigureWidget` and with plotly inside an
-#   ipywidgets `Output`, so the figure is precomputed on a grid of control values and shown as one
-#   plain plotly figure with plotly's own slider. It also works in exported HTML, without a kernel.
-#
-# Force a pattern with the environment variable `SWUDI_LAB_WIDGETS=widgets|plotly-sliders|static`
-# (the in-browser test uses `plotly-sliders`, so the Colab path is checked in a real browser too).
 
 # %%
 import ipywidgets as widgets
