@@ -1,6 +1,7 @@
 """Explorers of swudi_lab.viz.widgets, driven programmatically in all three modes."""
 
 import math
+import subprocess
 import sys
 
 import ipywidgets as widgets
@@ -8,7 +9,7 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
-import swudi_lab  # noqa: F401  (import order: before timm)
+import swudi_lab  # import order: before timm
 from swudi_lab.spectral import exponential, filtered_solve, landweber, tikhonov
 from swudi_lab.spectral.rank_rules import choose_rank
 from swudi_lab.viz import (
@@ -18,6 +19,7 @@ from swudi_lab.viz import (
     explore,
     filters_explorer,
     gd_explorer,
+    in_colab,
     inverse_problem_explorer,
     merge_explorer,
     resolve_mode,
@@ -45,9 +47,24 @@ def controls():
 # ------------------------------------------------------------------ the generic helper -------
 
 
+def not_in_colab(monkeypatch):
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    monkeypatch.delenv("COLAB_NOTEBOOK_ID", raising=False)
+
+
+def test_in_colab(monkeypatch):
+    not_in_colab(monkeypatch)
+    assert not in_colab()
+    monkeypatch.setitem(sys.modules, "google.colab", object())
+    assert in_colab()
+    not_in_colab(monkeypatch)
+    monkeypatch.setenv("COLAB_NOTEBOOK_ID", "1a2b")  # VS Code's Colab kernels: no google.colab module
+    assert in_colab()
+
+
 def test_resolve_mode(monkeypatch):
     monkeypatch.delenv(ENV_VAR, raising=False)
-    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    not_in_colab(monkeypatch)
     assert resolve_mode() == "widgets"
     monkeypatch.setitem(sys.modules, "google.colab", object())
     assert resolve_mode() == "plotly-sliders"
@@ -106,16 +123,34 @@ def test_explore_plotly_sliders_precomputes_frames():
     assert one.layout.sliders[0].currentvalue.prefix == "a = " and [s.label for s in one.layout.sliders[0].steps] == ["1", "2"]
 
 
-def test_setup_notebook(monkeypatch):
+def test_setup_notebook(monkeypatch, capsys):
     import plotly.io as pio
+    import torch
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    not_in_colab(monkeypatch)
     old = pio.renderers.default
     try:
-        assert setup_notebook("json") == "json" and pio.renderers.default == "json"
-        monkeypatch.setitem(sys.modules, "google.colab", object())
-        assert setup_notebook() == "colab"
+        assert setup_notebook() == device and pio.renderers.default == "plotly_mimetype+notebook"
+        assert capsys.readouterr().out == f"swudi_lab {swudi_lab.__version__} | device: {device} | explorers: widgets\n"
+        assert setup_notebook("json") == device and pio.renderers.default == "json"
+        monkeypatch.setenv("COLAB_NOTEBOOK_ID", "1a2b")
+        setup_notebook()
+        assert pio.renderers.default == "colab" and capsys.readouterr().out.endswith("explorers: plotly-sliders\n")
+        monkeypatch.setenv(ENV_VAR, "bogus")
+        with pytest.raises(ValueError, match=ENV_VAR):
+            setup_notebook()
     finally:
         pio.renderers.default = old
+    assert swudi_lab.setup_notebook is setup_notebook  # the notebooks call it as swudi_lab.setup_notebook()
+
+
+def test_import_swudi_lab_stays_light():
+    code = ("import sys, swudi_lab; heavy = [m for m in ('plotly', 'ipywidgets', 'swudi_lab.viz') if m in sys.modules]; "
+            "assert not heavy, heavy; swudi_lab.setup_notebook; assert 'plotly' in sys.modules")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
 
 
 def test_explore_default_grid_and_errors():

@@ -5,8 +5,9 @@
 - :mod:`~swudi_lab.viz.merging`: accuracy bars / heatmap / curves, Adam steps, SWUDI-A ranks,
   Pareto front, time and memory bars.
 - :mod:`~swudi_lab.viz.style`: the one template and palette (``color(name)``), ``side_by_side``.
-- :mod:`~swudi_lab.viz.widgets`: ``explore`` (widgets / plotly-sliders / static modes) and the
-  ready-made explorers of :mod:`~swudi_lab.viz.explorers`.
+- :mod:`~swudi_lab.viz.widgets`: ``explore`` (widgets / plotly-sliders / static modes),
+  ``setup_notebook`` and ``in_colab``.
+- :mod:`~swudi_lab.viz.explorers`: the notebooks' ready-made explorers.
 
 Every figure function returns a ``plotly.graph_objects.Figure``.
 """
@@ -20,4 +21,4 @@ from .explorers import (
 )
 from .figures import *  # noqa: F401,F403
 from .style import PALETTE, TEMPLATE, color, side_by_side
-from .widgets import MODES, Explorer, default_grid, explore, resolve_mode, setup_notebook
+from .widgets import MODES, Explorer, default_grid, explore, in_colab, resolve_mode, setup_notebook

@@ -20,15 +20,15 @@ go.Figure`` and a dict of controls and renders in one of three modes:
     Just the figure for the current values: for tests, HTML export and non-interactive runs.
 
 The mode is chosen by the ``mode`` argument, else the ``SWUDI_LAB_WIDGETS`` environment
-variable, else ``"plotly-sliders"`` when ``google.colab`` is imported, else ``"widgets"``.
+variable, else ``"plotly-sliders"`` in Colab (:func:`in_colab`), else ``"widgets"``.
 
 Frames carry explicit axis ranges (``Plotly.animate`` does not autorange). Notebook renderers do
 not auto-play frames; ``fig.write_html`` does unless given ``auto_play=False``. Call
-:func:`setup_notebook` once in a notebook's setup cell to pick a renderer that also survives
-HTML export (``"plotly_mimetype+notebook"``; ``"colab"`` in Colab).
+:func:`setup_notebook` once in a notebook's setup cell: it picks a renderer that also survives
+HTML export (``"plotly_mimetype+notebook"``; ``"colab"`` in Colab) and the device.
 
-Ready-made explorers used by the notebooks: :func:`inverse_problem_explorer`,
-:func:`gd_explorer`, :func:`filters_explorer`, :func:`merge_explorer`.
+The ready-made explorers used by the notebooks are in :mod:`swudi_lab.viz.explorers` (also
+exported by :mod:`swudi_lab.viz`).
 """
 
 from __future__ import annotations
@@ -46,14 +46,19 @@ import plotly.graph_objects as go
 MODES = ("widgets", "plotly-sliders", "static")
 ENV_VAR = "SWUDI_LAB_WIDGETS"
 
-__all__ = ["MODES", "ENV_VAR", "resolve_mode", "setup_notebook", "Explorer", "explore", "default_grid", "cutoff_filter",
-           "inverse_problem_explorer", "gd_explorer", "filters_explorer", "merge_explorer"]
+__all__ = ["MODES", "ENV_VAR", "in_colab", "resolve_mode", "setup_notebook", "Explorer", "explore", "default_grid"]
+
+
+def in_colab() -> bool:
+    """Whether this kernel runs in Google Colab: ``google.colab`` is imported, or ``$COLAB_NOTEBOOK_ID``
+    is set (plotly's own test since 6.8: the import test fails in VS Code's Colab kernels)."""
+    return "google.colab" in sys.modules or "COLAB_NOTEBOOK_ID" in os.environ
 
 
 def resolve_mode(mode: str | None = None) -> str:
     """The rendering mode: ``mode`` if given, else ``$SWUDI_LAB_WIDGETS``, else Colab -> ``"plotly-sliders"``,
     else ``"widgets"``."""
-    chosen = mode or os.environ.get(ENV_VAR) or ("plotly-sliders" if "google.colab" in sys.modules else "widgets")
+    chosen = mode or os.environ.get(ENV_VAR) or ("plotly-sliders" if in_colab() else "widgets")
     if chosen not in MODES:
         source = "mode" if mode else ENV_VAR
         raise ValueError(f"{source} must be one of {MODES}, got {chosen!r}")
@@ -61,17 +66,25 @@ def resolve_mode(mode: str | None = None) -> str:
 
 
 def setup_notebook(renderer: str | None = None) -> str:
-    """Choose plotly's renderer for this notebook and return it.
+    """A notebook's setup: choose plotly's renderer and the device, print one line, return the device.
 
-    Default: ``"colab"`` in Colab; elsewhere ``"plotly_mimetype+notebook"``, which renders in
-    JupyterLab (mimetype) *and* embeds plotly.js as HTML, so figures survive HTML export and
-    nbviewer without network access. Pass ``renderer`` (any ``plotly.io.renderers`` name) to override.
+    Renderer: ``"colab"`` in Colab (:func:`in_colab`); elsewhere ``"plotly_mimetype+notebook"``,
+    which renders in JupyterLab (mimetype) *and* embeds plotly.js as HTML, so figures survive HTML
+    export and nbviewer without network access. Pass ``renderer`` (any ``plotly.io.renderers``
+    name) to override. Device: ``"cuda"`` when available, else ``"cpu"``. The printed line names
+    the swudi_lab version, the device and the explorers' mode (:func:`resolve_mode`, which fails
+    here on a bad ``$SWUDI_LAB_WIDGETS`` rather than at the first explorer).
     """
     import plotly.io as pio
+    import torch
 
-    chosen = renderer or ("colab" if "google.colab" in sys.modules else "plotly_mimetype+notebook")
-    pio.renderers.default = chosen
-    return chosen
+    from .. import __version__
+
+    mode = resolve_mode()
+    pio.renderers.default = renderer or ("colab" if in_colab() else "plotly_mimetype+notebook")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"swudi_lab {__version__} | device: {device} | explorers: {mode}")
+    return device
 
 
 def _value(control):
@@ -285,19 +298,3 @@ def explore(make_figure: Callable[..., go.Figure], controls: dict, *, mode: str 
     if mode == "plotly-sliders":
         return _slider_figure(make_figure, controls, fallback_grid, max_frames)
     return Explorer(make_figure, controls)
-
-
-# --------------------------------------------------------------------------------------------
-# Ready-made explorers
-# --------------------------------------------------------------------------------------------
-
-_EXPLORERS = ("cutoff_filter", "inverse_problem_explorer", "gd_explorer", "filters_explorer", "merge_explorer")
-
-
-def __getattr__(name):
-    """The ready-made explorers live in :mod:`swudi_lab.viz.explorers` (re-exported lazily: no import cycle)."""
-    if name in _EXPLORERS:
-        from . import explorers
-
-        return getattr(explorers, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

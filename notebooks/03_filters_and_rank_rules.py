@@ -1,0 +1,201 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 3 · Filters and rank rules
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/swudi-lab/swudi_lab/blob/main/notebooks/03_filters_and_rank_rules.ipynb)
+#
+# Once the optimizer is recognized as a filter, we can choose the filter directly. This notebook
+# compares the families and the ways to choose their parameter without knowing the truth:
+#
+# * **Tikhonov vs exponential vs top-K vs SWUDI** (`(1 - exp(-lambda t)) * topK`) on one problem;
+# * choosing the parameter from data: the **L-curve**, **GCV** and the **discrepancy principle**,
+#   against the **oracle** that knows `x_true`;
+# * **SWUDI-A's rank rules**: how many eigen-directions to keep, read off the spectrum alone, on
+#   spectra of different shapes.
+
+# %% tags=["setup"]
+try:
+    import swudi_lab  # first: its torchvision shim must run before anything imports timm
+except ImportError:  # Colab: fetch swudi_lab (code + the shipped offline zoo under data/) and install it,
+    # keeping Colab's own torch, plotly and ipywidgets (--no-deps)
+    # !git clone -q --depth 1 https://github.com/swudi-lab/swudi_lab /content/swudi_lab
+    # !pip install -q --no-deps -e /content/swudi_lab && pip install -q timm safetensors
+    import sys; sys.path.insert(0, "/content/swudi_lab"); import swudi_lab
+import numpy as np
+import torch
+
+from swudi_lab import viz
+
+DEVICE = swudi_lab.setup_notebook()
+
+# %% [markdown]
+# ## One problem, four families
+#
+# The `shaw` problem of notebook 1 with 0.1% noise. `swudi_lab.toy.run_toy_demo` solves it with every
+# filter family and every parameter-choice rule; grids are relative to `lambda_1 = sigma_1^2`.
+
+# %%
+from swudi_lab import spectral as S
+from swudi_lab import toy
+from swudi_lab.spectral import choice
+
+torch.set_num_threads(1)  # toy problems are tiny: one thread is fastest (and immune to a busy CPU)
+NOISE = 1e-3
+problem = toy.make_problem("shaw", n=64)
+data = toy.white_noise(problem.b_exact, NOISE, seed=0)
+A, b, x_true = problem.A, data.b, problem.x_true
+dec = S.svd(A)
+lam = dec.sigma**2
+rel = lambda x: float((x - x_true).norm() / x_true.norm())
+
+rows = toy.run_toy_demo("shaw", n=64, noise=NOISE, seed=0)
+print(toy.format_table(rows))
+
+# %%
+import plotly.graph_objects as go
+
+table = {}
+for r in rows[1:]:
+    table.setdefault(r["filter"], {})[r["rule"]] = r["error"]
+rules = ["oracle", "gcv", "l_curve", "discrepancy"]
+fig = go.Figure([go.Bar(name=rule, x=list(table), y=[table[f].get(rule, np.nan) for f in table],
+                        marker_color=viz.color(rule)) for rule in rules])
+fig.update_layout(template=viz.TEMPLATE, barmode="group", yaxis_type="log",
+                  title=f"Relative error by filter and parameter rule (pseudoinverse: {rows[0]['error']:.2g})",
+                  yaxis_title="||x - x_true|| / ||x_true||")
+fig
+
+# %% [markdown]
+# At their best parameters the families are within a few percent of each other: on a problem with a
+# clear noise floor, *where* a filter cuts matters far more than *how* it cuts. SWUDI's product of a
+# soft and a hard cut never does worse than its parts, because it contains both.
+#
+# ## Choosing the parameter: L-curve, GCV, discrepancy
+#
+# With `x_alpha` the Tikhonov solution, `beta = U^T b` and `f_k = f(sigma_k^2)`:
+#
+# * **L-curve**: plot `log ||A x_alpha - b||` against `log ||x_alpha||`; the corner (maximum curvature)
+#   balances fitting the data and blowing up the solution.
+# * **GCV**: minimize `G(alpha) = ||A x_alpha - b||^2 / (m - sum_k f_k)^2` (leave-one-out prediction
+#   error, in closed form).
+# * **Discrepancy principle**: the most regularized `alpha` with `||A x_alpha - b|| <= ||e||` (needs
+#   the noise norm).
+# * **Oracle**: `argmin ||x_alpha - x_true||` (needs the truth: the best any rule could do).
+
+# %% tags=["hero"]
+alphas = (float(lam[0]) * np.logspace(-16, 0, 81)).tolist()
+picks = {
+    "oracle": choice.oracle(A, b, S.tikhonov, alphas, x_true, decomposition=dec),
+    "GCV": choice.gcv(A, b, S.tikhonov, alphas, decomposition=dec),
+    "discrepancy": choice.discrepancy(A, b, S.tikhonov, alphas, data.noise_norm, decomposition=dec),
+}
+corner = choice.l_curve(A, b, S.tikhonov, alphas, decomposition=dec)
+for name, c in {**picks, "L-curve": corner}.items():
+    print(f"{name:<12s} alpha = {c.param:.3g}  relative error {rel(c.x):.3g}")
+c0 = picks["oracle"]  # all choices share the same grid, sorted most regularized first
+viz.l_curve_figure(c0.residual_norms, c0.solution_norms, params=c0.params, param_name="alpha",
+                   corner=corner.index, chosen={k: c.index for k, c in picks.items()},
+                   title="Tikhonov L-curve with the parameter each rule picks")
+
+# %%
+G = picks["GCV"].criterion.numpy()
+err = picks["oracle"].criterion.numpy() / float(x_true.norm())
+viz.side_by_side([
+    viz.error_curve_figure({"GCV function G(alpha)": (c0.params, G)}, x_title="alpha", y_title="G(alpha)",
+                           log_y=True, title="GCV function"),
+    viz.error_curve_figure({"relative error (oracle)": (c0.params, err)}, x_title="alpha",
+                           y_title="||x_alpha - x_true|| / ||x_true||", log_y=True, title="true error"),
+], title="GCV's minimum sits next to the true error's minimum")
+
+# %% [markdown]
+# The check: every data-driven rule lands within a factor 3 of the oracle's error, for every
+# one-parameter family of the table above.
+
+# %%
+for family, errs in table.items():
+    for rule in ("gcv", "l_curve", "discrepancy"):
+        if rule in errs:
+            assert errs[rule] <= 3 * errs["oracle"], (family, rule, errs)
+best = min(e["oracle"] for e in table.values())
+assert best * 10 <= rows[0]["error"], "the best filter beats the pseudoinverse by >= 10x"
+print(f"all rules within 3x of the oracle; best filter {best:.3g} vs pseudoinverse {rows[0]['error']:.3g}")
+
+# %% [markdown]
+# ## SWUDI-A: the rank from the spectrum
+#
+# SWUDI-A keeps the `K` largest eigen-directions of `C` (f = 1) and drops the rest, with `K` chosen per
+# layer from the spectrum: by default the **participation ratio of `sqrt(lambda)`**,
+# `K = ceil((sum_k sqrt(lambda_k))^2 / sum_k lambda_k)` (no global rank knob).
+# `swudi_lab.spectral.choose_rank` implements it and its siblings (`RANK_RULES`).
+#
+# We try the rules on four spectra with `trace(C) = N = 8` and `d_in = 256`:
+#
+# * **merge-like**: `C` of 8 random rank-8 task vectors plus 5% dense noise (`toy.merge_like_operator`):
+#   64 signal directions and a noise floor;
+# * **cliff**: 64 flat eigenvalues, then a drop of `10^-3`;
+# * **polynomial**: `lambda_k ~ k^-2` (a heavy head: few directions carry most of the trace);
+# * **exponential**: `lambda_k ~ exp(-0.1 k)` (a steady decay over the first ~100 directions).
+#
+# The rules disagree most where the spectrum has no clear gap; the default sits near the gap when
+# there is one (cliff, merge-like) and adapts to the decay when there is not.
+
+# %%
+N, d = 8, 256
+op = toy.merge_like_operator(d_out=128, d_in=d, n_tasks=N, rank=8, noise=0.05, seed=0)
+rhs = (op.D @ op.Q).pow(2).sum(0)  # ||D q_k||^2, needed by the loss-based rules
+normalize = lambda s: N * s / s.sum()  # trace(C) = N
+spectra = {
+    "merge-like": op.lam.clamp_min(0),
+    "cliff": normalize(toy.cliff_spectrum(d, k=64, gap=10**-1.5) ** 2),
+    "polynomial": normalize(toy.polynomial_spectrum(d, decay=1.0) ** 2),
+    "exponential": normalize(toy.exponential_spectrum(d, rate=0.05) ** 2),
+}
+RULES = [r for r in S.RANK_RULES if r not in ("wudi_risk", "loss_elbow")]
+ranks = {name: {r: S.choose_rank(s, r) for r in RULES} for name, s in spectra.items()}
+ranks["merge-like"].update({r: S.choose_rank(spectra["merge-like"], r, rhs_energy=rhs)
+                            for r in ("wudi_risk", "loss_elbow")})
+header_ = f"{'rule':<20s}" + "".join(f"{name:>13s}" for name in spectra)
+print(header_)
+for r in [*RULES, "wudi_risk", "loss_elbow"]:
+    print(f"{r:<20s}" + "".join(f"{ranks[name].get(r, '-'):>13}" for name in spectra))
+
+# %%
+viz.spectra_figure({k: v for k, v in spectra.items()}, normalize=True,
+                   ranks={name: {"participation_sqrt": ranks[name]["participation_sqrt"]} for name in spectra},
+                   title="Normalized spectra lambda_k d_in / N and the rank SWUDI-A keeps (participation of sqrt(lambda))")
+
+# %%
+K_default = {name: r["participation_sqrt"] for name, r in ranks.items()}
+assert all(1 <= K <= d for r in ranks.values() for K in r.values())
+assert 32 <= K_default["cliff"] <= 128, "the default rule finds the cliff at k = 64 (within 2x)"
+assert 32 <= K_default["merge-like"] <= 128, "on the merge-like spectrum it finds the 64 signal directions (within 2x)"
+assert len(set(K_default.values())) == len(K_default), "the rank adapts to the spectrum"
+print("SWUDI-A default ranks:", K_default)
+
+# %% [markdown]
+# ## Explore
+#
+# Filters and rank rules on the merge-like spectrum: the scale-free time `kappa = t N / d_in`
+# (so `t = kappa / mean(lambda)`), the SWUDI ratio `r` (`K = ceil(r d_in)`), and a dropdown of rank
+# rules for `K`. Left: the factors of the exponential, top-K and SWUDI filters on the spectrum; right:
+# the spectrum with `K` marked.
+
+# %%
+viz.filters_explorer(spectra["merge-like"], n_tasks=N, kappa=3.0, ratio=0.65, rule="participation_sqrt")
+
+# %% [markdown]
+# **Next:** [4 · Merging is an inverse problem](04_merging_is_an_inverse_problem.ipynb): the same
+# spectra, filters and rank rules on real task vectors of a ViT.
