@@ -56,7 +56,8 @@ DEVICE = swudi_lab.setup_notebook()
 # %%
 from swudi_lab import evaluate as E
 from swudi_lab.merge import merge
-from swudi_lab.merge.sweep import filter_sweep, kappa_time
+from swudi_lab.merge.sweep import filter_sweep
+from swudi_lab.spectral import kappa_time
 from swudi_lab.zoo import DATA_DIR, build_zoo, load_zoo
 
 RECIPE = "hub" if (viz.in_colab() and DEVICE == "cuda") else "zoo"
@@ -103,18 +104,19 @@ print(f"{sum(len(y) for _, y in data.values())} test images; base with heads {E.
 # like `kappa ~ 0.1`: WUDI barely leaves its sum init).
 
 # %%
-from swudi_lab.demo import PAPER_KAPPA_IWUDI, PAPER_KAPPA_SWUDI
+from swudi_lab.config import PAPER, ZOO_MATCHED  # the paper's settings, and scale-matched to this zoo
 
+KAPPA_SWUDI = ZOO_MATCHED.params("swudi")["kappa"]
 RUNS = {  # label: (registry method, parameters)
     "average": ("average", {}),
-    "task arithmetic": ("task_arithmetic", {}),
-    "ties": ("ties", {}),
-    "wudi (lr 1e-5)": ("wudi", {}),
-    "wudi (lr_rel 0.038)": ("wudi", {"lr_rel": 0.038}),
+    "task arithmetic": ("task_arithmetic", PAPER.params("task_arithmetic")),
+    "ties": ("ties", PAPER.params("ties")),
+    "wudi (lr 1e-5)": ("wudi", PAPER.params("wudi")),
+    f"wudi (lr_rel {ZOO_MATCHED.params('wudi')['lr_rel']:g})": ("wudi", ZOO_MATCHED.params("wudi")),
     "closed form": ("closed_form", {}),
-    "swudi (t 1300, r 0.65)": ("swudi", {}),
-    f"swudi (kappa {PAPER_KAPPA_SWUDI:.3g}, r 0.65)": ("swudi", {"kappa": PAPER_KAPPA_SWUDI}),
-    "swudi_a": ("swudi_a", {}),
+    "swudi (t 1300, r 0.65)": ("swudi", PAPER.params("swudi")),
+    f"swudi (kappa {KAPPA_SWUDI:.3g}, r 0.65)": ("swudi", ZOO_MATCHED.params("swudi")),
+    "swudi_a": ("swudi_a", PAPER.params("swudi_a")),
 }
 table, seconds, states = {}, {}, {}
 for label, (method, params) in RUNS.items():
@@ -217,7 +219,7 @@ fig.update_layout(margin=dict(l=160))
 
 # %%
 train = {t: tuple(a[:300] for a in zoo.train_data(t)) for t in zoo.tasks}  # 300 training images per task (CPU time)
-swudi_label = f"swudi (kappa {PAPER_KAPPA_SWUDI:.3g}, r 0.65)"  # merged and scored above
+swudi_label = f"swudi (kappa {KAPPA_SWUDI:.3g}, r 0.65)"  # merged and scored above
 heads = {"base": base_acc, "swudi": table[swudi_label]}
 probe = {"base": E.probe_accuracy(base, zoo, train, data, device=DEVICE),
          "swudi": E.probe_accuracy(states[swudi_label], zoo, train, data, device=DEVICE)}
@@ -249,8 +251,8 @@ assert E.average_accuracy(probe["base"]) > E.average_accuracy(base_acc)  # the b
 # %%
 from swudi_lab.spectral import swudi
 
-KAPPAS, RATIOS = (1.0, PAPER_KAPPA_SWUDI, 100.0), (0.65, 1.0)  # r = 1: the exponential filter (iwudi)
-grid = {(PAPER_KAPPA_SWUDI, 0.65): table[f"swudi (kappa {PAPER_KAPPA_SWUDI:.3g}, r 0.65)"]}  # scored above
+KAPPAS, RATIOS = (1.0, KAPPA_SWUDI, 100.0), (0.65, 1.0)  # r = 1: the exponential filter (iwudi)
+grid = {(KAPPA_SWUDI, 0.65): table[f"swudi (kappa {KAPPA_SWUDI:.3g}, r 0.65)"]}  # scored above
 rules = {f"{k:g},{r:g}": (lambda d_in, n_live, k=k, r=r: swudi(kappa_time(k, d_in, n_live), ratio=r))
          for k in KAPPAS for r in RATIOS if (k, r) not in grid}  # per layer: t = kappa d_in / N
 merged = filter_sweep(base, experts, rules, device=DEVICE)
