@@ -1,0 +1,25 @@
+"""Published experts from the Hugging Face hub: HF CLIP <-> timm conversion, zero-shot heads,
+the test sets, and the paper's CLIP ViT benchmark (``swudi-lab bench clip``).
+
+Everything here needs the optional extra ``swudi_lab[hub]`` (transformers, huggingface_hub,
+pyarrow); ``import swudi_lab``, the offline zoo and the course never do. Modules import those
+packages through :func:`require`, which names the extra when one is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__all__ = ["require", "EXTRA_HINT"]
+
+EXTRA_HINT = 'pip install "swudi_lab[hub]"'
+
+
+def require(module: str):
+    """Import ``module`` (a package of the ``[hub]`` extra) or raise a one-line ``ImportError`` naming the extra."""
+    import swudi_lab  # noqa: F401  (the torchvision shim acts before transformers imports torchvision)
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"{module} is not installed: this needs the hub extra, {EXTRA_HINT} ({e})") from None
