@@ -7,7 +7,7 @@ acts on its own task and on the others.
   i.e. ``tau``), and each added task vector takes room in the same layers. Random subsets of N
   tasks are merged.
 * **Scale.** Every method but ``average`` has a ``scale`` parameter multiplying the merged task
-  vector (``theta0 + scale * (theta - theta0)``, DESIGN.md). WUDI's loss and its filters keep each
+  vector (``theta0 + scale * (theta - theta0)``, docs/design.md). WUDI's loss and its filters keep each
   expert's task vector at full size along its own directions; task arithmetic's paper scale is
   0.3 (of the sum) and averaging is task arithmetic at 1/N. If shrinking the spectral merges helps,
   the zoo's experts are in a regime where the full task vectors do not add up (interference-limited).

@@ -45,7 +45,7 @@ DEVICE = swudi_lab.setup_notebook()
 # %% [markdown]
 # ## A merge layer with a known truth
 #
-# The WUDI problem of one layer (DESIGN.md §1): task vectors `tau_i` (`d_out × d_in`, `i = 1..N`),
+# The WUDI problem of one layer (docs/design.md): task vectors `tau_i` (`d_out × d_in`, `i = 1..N`),
 # `n_i = ||tau_i||_F^2`,
 #
 # `C = sum_i tau_i^T tau_i / n_i`,  `D = sum_i tau_i tau_i^T tau_i / n_i`,  `L(theta) = tr(theta C theta^T) - 2 tr(theta D^T) + const`,
@@ -154,7 +154,7 @@ fig
 # `1 - exp(-lambda t_eff)` (`fit_effective_time`, with its `R^2`).
 #
 # Adam moves each entry by about `lr` per step, so `lr` is only meaningful relative to the size of the
-# task-vector entries (here about 0.2, so we use `lr = 1e-2`; DESIGN.md "Scale"). The scale-free
+# task-vector entries (here about 0.2, so we use `lr = 1e-2`; docs/design.md "Scale"). The scale-free
 # version of `t_eff` is `kappa = t_eff N / d_in`.
 
 # %%

@@ -132,8 +132,8 @@ viz.noise_amplification_figure(lam, Dq, filters,
 
 # %%
 def loss(theta, C, D, L0):
-    """WUDI proxy loss tr(theta C theta^T) - 2 tr(theta D^T) + L(0) (DESIGN.md §1)."""
-    return float(((theta @ C) * theta).sum() - 2 * (theta * D).sum()) + L0
+    """WUDI proxy loss L(theta) = tr(theta C theta^T) - 2 tr(theta D^T) + L(0)."""
+    return S.quadratic_loss(theta, C, D) + L0
 
 curves_loss, curves_norm, chosen = {}, {}, {}
 for name in [f"blocks.{last}.attn.qkv.weight", f"blocks.{last}.attn.proj.weight",
@@ -141,7 +141,7 @@ for name in [f"blocks.{last}.attn.qkv.weight", f"blocks.{last}.attn.proj.weight"
     p = problems[name]
     d = p.C.shape[0]
     theta0 = S.sum_init(p.taus)
-    L0 = float(S.wudi_loss(torch.zeros_like(theta0), p.taus))  # the constant: L at theta = 0
+    L0 = S.loss_constant(p.taus)  # the constant: L at theta = 0
     Ks = np.unique(np.round(np.linspace(1, d, 33)).astype(int))
     thetas = [S.spectral_estimate(p.C, p.D, theta0, S.top_k(k=int(K)), eig=p.eig) for K in Ks]
     start = loss(theta0, p.C, p.D, L0)

@@ -95,7 +95,7 @@ print(f"{sum(len(y) for _, y in data.values())} test images; base with heads {E.
 # steps, sum init), its closed form `D C^+`, SWUDI and SWUDI-A (the exponential filter alone, `iwudi`,
 # is SWUDI with `r = 1`: it appears in the sweep further down). The spectral
 # times are shown at the paper's values (`t = 1300` for SWUDI, tuned on CLIP ViT-B/32 with
-# `d_in = 768`) and **scale-matched** through `kappa = t N / d_in` (DESIGN.md "Scale"): the same
+# `d_in = 768`) and **scale-matched** through `kappa = t N / d_in` (docs/design.md, "Scale"): the same
 # `kappa` as the paper's layers, i.e. `t = kappa d_in / N` per layer. WUDI's learning rate is likewise
 # shown at the paper's `lr = 1e-5` and scale-matched: Adam moves each entry by about `lr` per step, so
 # `lr = lr_rel * RMS(tau)` per layer, with `lr_rel = 0.038` chosen once on this zoo with

@@ -222,7 +222,7 @@ def test_merge_proxy_noise_is_amplified_by_the_pseudoinverse():
     mp = random_merge_proxy(16, 32, n_tasks=4, rank=3, noise=0.01, seed=0)
     eig = Eig(mp.lam, mp.Q)
     pinv = spectral_estimate(mp.C, mp.D, None, pseudoinverse(), eig=eig)
-    # per direction the pseudoinverse returns r_k + xi_k / lambda_k (DESIGN.md §1)
+    # per direction the pseudoinverse returns r_k + xi_k / lambda_k (docs/design.md)
     torch.testing.assert_close(pinv @ mp.Q, (mp.theta_star @ mp.Q) + (mp.xi @ mp.Q) / mp.lam, rtol=1e-8, atol=1e-10)
     filtered = spectral_estimate(mp.C, mp.D, None, top_k(k=12), eig=eig)
     assert mp.error(filtered) * 10 < mp.error(pinv)

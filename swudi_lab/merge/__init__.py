@@ -1,4 +1,4 @@
-"""Checkpoints -> task vectors -> per-layer solve -> merged checkpoint (DESIGN.md §2).
+"""Checkpoints -> task vectors -> per-layer solve -> merged checkpoint (docs/design.md §2).
 
 - :mod:`~swudi_lab.merge.registry`: the one method registry (:data:`METHODS`, :func:`get_method`,
   :func:`resolve_params`).

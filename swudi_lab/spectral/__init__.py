@@ -1,4 +1,4 @@
-"""Pure spectral math of "merging as a noisy linear inverse problem" (DESIGN.md §1).
+"""Pure spectral math of "merging as a noisy linear inverse problem" (docs/design.md).
 
 - :mod:`~swudi_lab.spectral.filters`: filter factors ``f(lambda)`` (pseudoinverse, Landweber,
   exponential, Tikhonov, top-K, SWUDI, Wiener, products).

@@ -3,7 +3,7 @@
 A *family* is a callable ``param -> Filter`` (``tikhonov``, ``lambda t: exponential(t)``,
 ``lambda k: top_k(k=k)``, ``lambda p: swudi(t=p[0], k=p[1])``) and ``params`` a grid of its
 parameters. All rules share one SVD ``A = U diag(sigma) V^T``; with ``beta = U^T b`` and filter
-factors ``f_k = f(sigma_k^2)`` (DESIGN.md notation, ``lambda = sigma^2``)::
+factors ``f_k = f(sigma_k^2)`` (docs/design.md notation, ``lambda = sigma^2``)::
 
     x_p        = V diag(f_k / sigma_k) beta                          (filtered_solve)
     ||x_p||^2  = sum_k (f_k beta_k / sigma_k)^2

@@ -1,6 +1,6 @@
 """The spectral estimator: one eigendecomposition, any filter.
 
-For the normal equation ``theta C = D`` of a merge layer (DESIGN.md §1)::
+For the normal equation ``theta C = D`` of a merge layer (docs/design.md)::
 
     C = V diag(lambda) V^T
     theta_f = theta0 (I - V F V^T) + D V diag(f / lambda) V^T,     F = diag(f)

@@ -1,6 +1,6 @@
 """Iterative solvers of the WUDI normal equation ``theta C = D``, with trajectories.
 
-Notation (DESIGN.md §1): ``C`` (d_in, d_in) symmetric PSD, ``D`` (d_out, d_in), start
+Notation (docs/design.md): ``C`` (d_in, d_in) symmetric PSD, ``D`` (d_out, d_in), start
 ``theta0`` (d_out, d_in), ``C = V diag(lambda) V^T`` with columns ``q_k``.
 
 =====================  ==========================================  ===============================
@@ -171,7 +171,7 @@ def adam_wudi(C, D, theta0, *, lr: float = 1e-5, steps: int = 300, betas=(0.9, 0
     one (d_out, d_in) x (d_in, d_in) product. The iterates equal :func:`wudi_reference`'s.
 
     Adam moves each entry by about ``lr`` per step whatever the gradient's size, so ``lr`` only
-    means something relative to the size of the task-vector entries (DESIGN.md, "Scale").
+    means something relative to the size of the task-vector entries (docs/design.md, "Scale").
 
     Args:
         C: (d_in, d_in) symmetric PSD. D: (d_out, d_in).

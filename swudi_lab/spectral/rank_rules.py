@@ -1,7 +1,7 @@
 """Rank rules: choose the number K of kept eigen-directions of C from its spectrum (SWUDI-A).
 
 SWUDI-A keeps, per layer, the K largest eigenvalues of ``C = V diag(lambda) V^T`` with f = 1 and
-drops the rest (DESIGN.md §1). ``C = T^T T`` for the stacked, normalized task matrix
+drops the rest (docs/design.md). ``C = T^T T`` for the stacked, normalized task matrix
 ``T = [tau_1 / sqrt(n_1); ...; tau_N / sqrt(n_N)]``, so ``sigma_k = sqrt(lambda_k)`` are T's
 singular values. Each rule maps the spectrum (descending, clipped at 0) to K:
 

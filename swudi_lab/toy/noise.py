@@ -1,6 +1,6 @@
 """Noise models for the toy lab: white noise, eigen-dependent noise, and merge proxy noise.
 
-Three ways data go wrong (DESIGN.md §1, "the noisy inverse problem view"):
+Three ways data go wrong (docs/design.md, "the noisy inverse problem view"):
 
 1. :func:`white_noise` -- ``b = b_exact + e`` with i.i.d. Gaussian ``e``, at a relative level
    ``||e|| / ||b_exact||`` or a signal-to-noise ratio ``SNR = 20 log10(||b_exact|| / ||e||)`` dB.
@@ -169,7 +169,7 @@ class MergeProxy:
 def merge_proxy(theta_star, inputs, noise: float = 0.1, *, seed=0) -> MergeProxy:
     """Merge proxy noise: task vectors stand in for the true inputs, so ``D q_k = lambda_k r_k + xi_k``.
 
-    The model (DESIGN.md §1, "the noisy inverse problem view"). Task i has clean inputs
+    The model (docs/design.md, "the noisy inverse problem view"). Task i has clean inputs
     ``X_i`` (rows, (n_samples, d_in)); fine-tuning moves the weights only along those inputs
     (gradient updates are sums of outer products ``delta x^T``) and makes expert i agree with
     the truth there, so its clean task vector is ``tau_i = theta* P_i`` with ``P_i`` the

@@ -20,7 +20,7 @@ The truth ``x_true = V c`` has coefficients ``c_k = z_k (sigma_k / sigma_1)^smoo
 than ``sigma_k``).
 
 A merge-like operator is the interference operator of N random low-rank task vectors plus a
-little dense noise (DESIGN.md §1): ``C = sum_i tau_i^T tau_i / n_i`` has about ``N * rank``
+little dense noise (docs/design.md): ``C = sum_i tau_i^T tau_i / n_i`` has about ``N * rank``
 large eigenvalues (the tasks' subspaces) above a floor of small ones (the noise), the shape of
 spectrum a real merge layer has.
 """

@@ -5,7 +5,7 @@ The discrete Picard condition holds when the coefficients ``|u_k^T b|`` decay fa
 singular values ``sigma_k``, so that the ratios ``|u_k^T b| / sigma_k`` stay bounded. For exact
 data ``b = A x`` the ratio is exactly ``|v_k^T x|``. Noise ``e`` adds ``u_k^T e``, which does not
 decay: where ``|u_k^T b|`` levels off at the noise level the ratios blow up, and a filter must
-cut those directions (DESIGN.md §1, "the noisy inverse problem view").
+cut those directions (docs/design.md, "the noisy inverse problem view").
 """
 
 from __future__ import annotations

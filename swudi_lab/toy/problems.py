@@ -8,7 +8,7 @@ into ``A x = b`` with an exact solution ``x_true`` (the discretized ``f``) and e
 ``b_exact = A x_true`` (so the discrete problem is consistent to round-off; the continuous ``g``
 is matched to discretization error, which the tests check). The singular values of ``A`` decay
 to zero, which is what makes the naive (pseudoinverse) solution of noisy data useless and a
-spectral filter necessary (DESIGN.md §1, "the noisy inverse problem view").
+spectral filter necessary (docs/design.md, "the noisy inverse problem view").
 
 =========  ===================================================  ===============================
 problem    kernel / solution                                    decay of sigma_k

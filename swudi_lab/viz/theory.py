@@ -1,6 +1,6 @@
 """Figures of the theory: filter factors, Picard plot, spectra, semiconvergence, L-curve, noise.
 
-Notation is DESIGN.md §1: eigenvalues ``lambda`` of C (or ``lambda = sigma^2`` for ``A x = b``),
+Notation is docs/design.md: eigenvalues ``lambda`` of C (or ``lambda = sigma^2`` for ``A x = b``),
 filter factors ``f(lambda)``, time ``t``, scale-free time ``kappa = t N / d_in``, rank ``K``.
 Every function takes plain numpy / torch arrays, dicts and lists and returns a ``go.Figure``.
 """
