@@ -38,6 +38,7 @@ import swudi_lab  # noqa: F401  (before anything that may import timm)
 import torch
 
 from swudi_lab.evaluate import measure
+from swudi_lab.files import atomic_write_text
 from swudi_lab.merge import get_method, resolve_device, resolve_params
 from swudi_lab.merge.engine import _no_tf32
 from swudi_lab.spectral import eigh, interference_operator
@@ -156,7 +157,7 @@ def main(argv=None) -> int:
             "command": " ".join([os.path.basename(sys.executable)] + sys.argv)}
     if device.type == "cuda":
         meta["gpu"] = torch.cuda.get_device_name(device)
-    out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    atomic_write_text(out, json.dumps({"meta": meta, "results": results}, indent=1))
     print(f"\nwrote {out}")
     return 0
 

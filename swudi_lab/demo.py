@@ -34,6 +34,7 @@ import numpy as np
 
 from .evaluate import (average_accuracy, cross_effect, evaluate_backbone, mean_std, measure, normalized_accuracy,
                        own_response, recovered_gain)
+from .files import atomic_open, atomic_write_text
 from .merge import METHODS, merge
 from .merge.engine import iter_layer_problems
 from .merge.sweep import filter_sweep, kappa_time, per_layer
@@ -291,7 +292,7 @@ def format_table(summary: dict) -> str:
 
 def write_csv(summary: dict, path: Path) -> None:
     tasks = summary["tasks"]
-    with open(path, "w", newline="") as fh:
+    with atomic_open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["method", "setting", "avg_acc", "avg_acc_std", "norm_acc", "norm_acc_std", "seconds", "peak_mb"]
                    + tasks)
@@ -312,9 +313,7 @@ def _cached_seed(seed: int, cache: Path, key: str, fresh: bool = False, **kw) ->
             return cached["result"]
     result = run_seed(seed, **kw)
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"cache_key": key, "result": result}))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps({"cache_key": key, "result": result}))
     return result
 
 
@@ -354,8 +353,8 @@ def run_demo(seeds=(0, 1, 2), *, out_dir="results/demo", device="cpu", quick: bo
     summary = aggregate(per_seed)
     summary["device"] = str(device)
     summary["quick"] = quick
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    (out_dir / "per_seed.json").write_text(json.dumps(per_seed, indent=1))
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1))
+    atomic_write_text(out_dir / "per_seed.json", json.dumps(per_seed, indent=1))
     write_csv(summary, out_dir / "summary.csv")
     from .report_html import write_report
 

@@ -153,7 +153,7 @@ def test_stale_cache_with_another_config_is_not_used(micro):
 
 def _fake_pretrained(tmp_path, config, good_hash=True, seed=7):
     """Write ``fake_base.safetensors`` (random init ``seed``) and its recipe json; return the weights' path."""
-    from swudi_lab.zoo.build import sha256_file
+    from swudi_lab.files import sha256_file
 
     sd = {k: v.contiguous() for k, v in make_backbone(config.backbone, seed=seed).state_dict().items()}
     w = tmp_path / "fake_base.safetensors"

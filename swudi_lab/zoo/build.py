@@ -25,7 +25,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..files import atomic_dir, atomic_path, atomic_write_text, sha256_file
 from .model import BackboneConfig, make_backbone
 from .tasks import TASK_CLASSES, TASKS
 from .tasks import make_split as _offline_split
@@ -51,7 +51,6 @@ __all__ = [
     "write_release",
     "build_pretrained",
     "task_split",
-    "sha256_file",
     "TARGET_MIN_GAIN",
     "TARGET_RATIO",
     "TARGET_MIN_RECOVERED",
@@ -70,28 +69,13 @@ class ZooCacheError(RuntimeError):
     """A zoo directory, release pack or shipped base is missing, partial, stale or corrupted."""
 
 
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _write_json(obj, path: Path) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False, default=float) + "\n")
 
 
-def _atomic_json(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=False, default=float)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _atomic_save(tensors: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path)
+def _save_tensors(tensors: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
 
 
 # ----------------------------------------------------------------------------- task sources
@@ -358,9 +342,9 @@ def build_pretrained(name: str = DEFAULT_PRETRAINED, recipe: PretrainRecipe = Pr
     out = Path(out_dir) if out_dir is not None else DATA_DIR / "pretrained"
     state, info = pretrain(recipe, config, device=device, log_file=log_file, progress=progress)
     wpath = out / f"{name}.safetensors"
-    _atomic_save(state, wpath)
+    _save_tensors(state, wpath)
     info = {"name": name, "sha256": sha256_file(wpath), "bytes": wpath.stat().st_size, **info}
-    _atomic_json(info, out / f"{name}.json")
+    _write_json(info, out / f"{name}.json")
     return info
 
 
@@ -469,13 +453,11 @@ def _build(root, seed, config, progress, device, d) -> Zoo:
     base_acc = _evaluate(base, make, heads, test, config.tasks, device)
     say("base with heads: " + ", ".join(f"{t} {a:.1f}" for t, a in base_acc.items()))
 
-    Path(root).mkdir(parents=True, exist_ok=True)  # temp dir beside the target: os.replace stays on one filesystem
-    tmp = Path(tempfile.mkdtemp(prefix=f".seed{seed}-", dir=Path(root)))
-    try:
+    with atomic_dir(d) as tmp:  # built beside the target, renamed into place only when complete
         (tmp / "experts").mkdir(parents=True)
         (tmp / "task_vectors").mkdir(parents=True)
-        _atomic_save(base, tmp / "base.safetensors")
-        _atomic_save({f"{t}.{n}": v for t in config.tasks for n, v in zip(("weight", "bias"), heads[t])}, tmp / "heads.safetensors")
+        _save_tensors(base, tmp / "base.safetensors")
+        _save_tensors({f"{t}.{n}": v for t in config.tasks for n, v in zip(("weight", "bias"), heads[t])}, tmp / "heads.safetensors")
         expert_acc, ratio, ratio_all, seconds, experts = {}, {}, {}, {}, {}
         for i, t in enumerate(config.tasks):
             t0 = time.time()
@@ -484,8 +466,8 @@ def _build(root, seed, config, progress, device, d) -> Zoo:
             ex = finetune(base, make, heads[t], x, y, rec, seed=expert_seed, device=device)
             ex, tau = _round_tau(base, ex, config.tau_dtype)
             experts[t] = ex
-            _atomic_save(ex, tmp / "experts" / f"{t}.safetensors")
-            _atomic_save(tau, tmp / "task_vectors" / f"{t}.safetensors")
+            _save_tensors(ex, tmp / "experts" / f"{t}.safetensors")
+            _save_tensors(tau, tmp / "task_vectors" / f"{t}.safetensors")
             expert_acc[t] = _evaluate(ex, make, heads, test, [t], device)[t]
             ratio[t] = task_vector_ratio(base, ex, matrices_only=True)
             ratio_all[t] = task_vector_ratio(base, ex, matrices_only=False)
@@ -541,14 +523,7 @@ def _build(root, seed, config, progress, device, d) -> Zoo:
             "versions": {"torch": torch.__version__, "timm": timm.__version__},
             "files": files,
         }
-        _atomic_json(manifest, tmp / "manifest.json")
-        if d.exists():
-            shutil.rmtree(d)
-        d.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, d)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        _write_json(manifest, tmp / "manifest.json")
     say(f"done: base {avg(base_acc):.1f}% -> experts {avg(expert_acc):.1f}% (gain {avg(gain):+.1f}), tau/W {100 * avg(ratio):.2f}%")
     missed = [msg for met, msg in (
         (targets["gain_met"], f"average gain {avg(gain):+.1f} (want >= {TARGET_MIN_GAIN})"),
@@ -575,17 +550,18 @@ def write_release(zoo: Zoo, out_root=None) -> Path:
     out = _seed_dir(out_root if out_root is not None else DATA_DIR / "zoo_release", zoo.seed)
     if zoo.config.pretrained is None:
         raise ValueError("a release pack needs a shipped pretrained base (config.pretrained)")
-    (out / "task_vectors").mkdir(parents=True, exist_ok=True)
-    release_files = {}
-    for t in zoo.tasks:
-        p = out / "task_vectors" / f"{t}.safetensors"
-        shutil.copyfile(zoo.dir / "task_vectors" / f"{t}.safetensors", p)
-        release_files[f"task_vectors/{t}.safetensors"] = sha256_file(p)
-    shutil.copyfile(zoo.heads_path, out / "heads.safetensors")
-    release_files["heads.safetensors"] = sha256_file(out / "heads.safetensors")
-    manifest = dict(zoo.manifest)
-    manifest["release_files"] = release_files
-    _atomic_json(manifest, out / "manifest.json")
+    with atomic_dir(out) as tmp:  # the pack appears whole, or the old one stays
+        (tmp / "task_vectors").mkdir()
+        release_files = {}
+        for t in zoo.tasks:
+            p = tmp / "task_vectors" / f"{t}.safetensors"
+            shutil.copyfile(zoo.dir / "task_vectors" / f"{t}.safetensors", p)
+            release_files[f"task_vectors/{t}.safetensors"] = sha256_file(p)
+        shutil.copyfile(zoo.heads_path, tmp / "heads.safetensors")
+        release_files["heads.safetensors"] = sha256_file(tmp / "heads.safetensors")
+        manifest = dict(zoo.manifest)
+        manifest["release_files"] = release_files
+        _write_json(manifest, tmp / "manifest.json")
     return out
 
 
@@ -604,25 +580,16 @@ def materialize_release(release_dir, target_dir) -> Path:
     base, pre_info = load_pretrained(config.pretrained)
     if pre_info["sha256"] != manifest["pretrained"]["sha256"]:
         raise ZooCacheError(f"release pack {release_dir} was built on another base than {config.pretrained!r}")
-    target_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".materialize-", dir=target_dir.parent))
-    try:
+    with atomic_dir(target_dir) as tmp:
         (tmp / "experts").mkdir(parents=True)
         (tmp / "task_vectors").mkdir(parents=True)
-        _atomic_save(base, tmp / "base.safetensors")
+        _save_tensors(base, tmp / "base.safetensors")
         shutil.copyfile(release_dir / "heads.safetensors", tmp / "heads.safetensors")
         for t in manifest["tasks"]:
             shutil.copyfile(release_dir / "task_vectors" / f"{t}.safetensors", tmp / "task_vectors" / f"{t}.safetensors")
             tau = load_file(str(release_dir / "task_vectors" / f"{t}.safetensors"))
-            _atomic_save({k: (base[k] + tau[k].float()).contiguous() for k in base}, tmp / "experts" / f"{t}.safetensors")
+            _save_tensors({k: (base[k] + tau[k].float()).contiguous() for k in base}, tmp / "experts" / f"{t}.safetensors")
         m = {k: v for k, v in manifest.items() if k != "release_files"}
-        _atomic_json(m, tmp / "manifest.json")
+        _write_json(m, tmp / "manifest.json")
         _verify_dir(tmp)  # the float32 files must hash exactly as when they were built
-        target_dir.parent.mkdir(parents=True, exist_ok=True)
-        if target_dir.exists():
-            shutil.rmtree(target_dir)
-        os.replace(tmp, target_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target_dir

@@ -47,6 +47,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ..files import atomic_path
+
 SIZE = 32
 MEAN, STD = 0.5, 0.25
 
@@ -540,13 +542,10 @@ def make_split(name: str, split: str, n: int, data_seed: int = 0) -> tuple[np.nd
     if x is None:
         x, y = gen(n, np.random.default_rng(task_seed(name, split, data_seed)), split)
         if path is not None:
-            import os
-
-            tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
             try:
-                np.savez(tmp, x=x, y=y, sha256=hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest())
-                os.replace(tmp, path)
-            except OSError:
+                with atomic_path(path, suffix=".tmp.npz") as tmp:  # .npz: numpy.savez would append it
+                    np.savez(tmp, x=x, y=y, sha256=hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest())
+            except OSError:  # a read-only or full cache: the split is still returned
                 pass
     x.setflags(write=False)
     y.setflags(write=False)
