@@ -1,6 +1,7 @@
 """Build, cache, verify and ship the expert zoo.
 
-Layout written by :func:`build_zoo` (``root`` defaults to ``data/zoo``, git-ignored)::
+Layout written by :func:`build_zoo` (``root`` defaults to :func:`swudi_lab.config.paths.zoo_dir`:
+``$SWUDI_LAB_CACHE``, else the checkout's ``data/zoo``, git-ignored)::
 
     <root>/seed<k>/base.safetensors            backbone state dict of the pretrained base (float32)
     <root>/seed<k>/experts/<task>.safetensors  fine-tuned backbones, W_i = W_0 + tau_i (float32)
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..config import paths
 from ..files import atomic_dir, atomic_path, atomic_write_text, sha256_file
 from .model import BackboneConfig, make_backbone
 from .tasks import TASK_CLASSES, TASKS
@@ -41,7 +43,6 @@ from .tasks import make_split as _offline_split
 from .train import FinetuneRecipe, PretrainRecipe, finetune, pretrain, prototype_heads, task_vector_ratio
 
 __all__ = [
-    "DATA_DIR",
     "DEFAULT_PRETRAINED",
     "ZooConfig",
     "Zoo",
@@ -56,8 +57,6 @@ __all__ = [
     "TARGET_MIN_RECOVERED",
 ]
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "data"
-ZOO_ROOT = DATA_DIR / "zoo"  # default cache, independent of the current directory
 DEFAULT_PRETRAINED = "vit_p4_w128_d4_mix48_gpu"
 FORMAT = "swudi_lab.zoo/1"
 TARGET_MIN_GAIN = 30.0  # points, experts over base-with-heads, averaged over tasks
@@ -103,9 +102,9 @@ def n_classes(config, task: str) -> int:
 
 @dataclass(frozen=True)
 class ZooConfig:
-    """Everything that determines a zoo (with the seed). ``pretrained``: name in
-    ``data/pretrained/``, a path to a ``.safetensors`` file (its recipe ``.json`` beside it), or
-    ``None`` for a randomly initialized base (micro zoos in tests)."""
+    """Everything that determines a zoo (with the seed). ``pretrained``: name in ``<data>/pretrained/``
+    (:func:`~swudi_lab.config.paths.pretrained_dir`), a path to a ``.safetensors`` file (its recipe
+    ``.json`` beside it), or ``None`` for a randomly initialized base (micro zoos in tests)."""
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     tasks: tuple = TASKS
@@ -274,20 +273,21 @@ def _seed_dir(root, seed: int) -> Path:
     return Path(root) / f"seed{int(seed)}"
 
 
-def load_zoo(root=ZOO_ROOT, seed: int = 0, verify: bool = True, config: ZooConfig | None = None,
+def load_zoo(root=None, seed: int = 0, verify: bool = True, config: ZooConfig | None = None,
              release_root=None) -> Zoo:
-    """Open the zoo of ``seed`` under ``root``, verifying every file's sha256.
+    """Open the zoo of ``seed`` under ``root`` (default: :func:`~swudi_lab.config.paths.zoo_dir`),
+    verifying every file's sha256.
 
-    If the cache is absent and a release pack exists (``data/zoo_release/seed<k>``, default
-    ``release_root``), the float32 experts are materialized from it first (and verified).
+    If the cache is absent and a release pack exists (``<data>/zoo_release/seed<k>``, default
+    ``release_root``: :func:`~swudi_lab.config.paths.release_dir`), the float32 experts are materialized from it first (and verified).
     Raises :class:`ZooCacheError` on a missing, partial, corrupted or (with ``config``) stale cache.
     The release pack is used only for a directory that does not exist yet (or is empty) and, when
     ``config`` is given, only if it was built with that config.
     """
-    d = _seed_dir(root, seed)
+    d = _seed_dir(root if root is not None else paths.zoo_dir(), seed)
     fresh = not d.exists() or not any(d.iterdir())  # a partial directory is reported, never overwritten here
     if fresh:
-        rel = _seed_dir(release_root if release_root is not None else DATA_DIR / "zoo_release", seed)
+        rel = _seed_dir(release_root if release_root is not None else paths.release_dir(), seed)
         if (rel / "manifest.json").exists():
             try:
                 rel_key = json.loads((rel / "manifest.json").read_text()).get("config_key")
@@ -311,7 +311,8 @@ def _pretrained_paths(pretrained: str) -> tuple[Path, Path]:
     p = Path(pretrained)
     if p.suffix == ".safetensors":
         return p, p.with_suffix(".json")
-    return DATA_DIR / "pretrained" / f"{pretrained}.safetensors", DATA_DIR / "pretrained" / f"{pretrained}.json"
+    d = paths.pretrained_dir()
+    return d / f"{pretrained}.safetensors", d / f"{pretrained}.json"
 
 
 def load_pretrained(pretrained: str) -> tuple[dict, dict]:
@@ -339,7 +340,7 @@ def build_pretrained(name: str = DEFAULT_PRETRAINED, recipe: PretrainRecipe = Pr
 
     The json holds the exact recipe, the backbone config, sha256, validation accuracy and seconds.
     """
-    out = Path(out_dir) if out_dir is not None else DATA_DIR / "pretrained"
+    out = Path(out_dir) if out_dir is not None else paths.pretrained_dir()
     state, info = pretrain(recipe, config, device=device, log_file=log_file, progress=progress)
     wpath = out / f"{name}.safetensors"
     _save_tensors(state, wpath)
@@ -387,7 +388,7 @@ def _merge_check(base, experts, make, heads, data, tasks, base_acc, expert_acc, 
     return out
 
 
-def build_zoo(root=ZOO_ROOT, seed: int = 0, config: ZooConfig | None = None, progress: bool = True,
+def build_zoo(root=None, seed: int = 0, config: ZooConfig | None = None, progress: bool = True,
               force: bool = False, device="cpu") -> Zoo:
     """Build (or reuse) the zoo of ``seed``: base, 8 experts, fixed heads, manifest.
 
@@ -405,6 +406,7 @@ def build_zoo(root=ZOO_ROOT, seed: int = 0, config: ZooConfig | None = None, pro
     share of the gain the best spectral merge keeps).
     """
     config = config or ZooConfig()
+    root = root if root is not None else paths.zoo_dir()
     d = _seed_dir(root, seed)
     if not force:
         try:
@@ -544,10 +546,10 @@ def write_release(zoo: Zoo, out_root=None) -> Path:
     """Write the compact release pack of a zoo: float16 task vectors + heads + manifest.
 
     ``<out_root>/seed<k>/{task_vectors/<task>.safetensors, heads.safetensors, manifest.json}``; the
-    base is the shipped ``data/pretrained`` file (referenced by hash, not copied). The manifest is
+    base is the shipped ``<data>/pretrained`` file (referenced by hash, not copied). The manifest is
     the zoo's manifest plus ``release_files`` (hashes of the pack's own files).
     """
-    out = _seed_dir(out_root if out_root is not None else DATA_DIR / "zoo_release", zoo.seed)
+    out = _seed_dir(out_root if out_root is not None else paths.release_dir(), zoo.seed)
     if zoo.config.pretrained is None:
         raise ValueError("a release pack needs a shipped pretrained base (config.pretrained)")
     with atomic_dir(out) as tmp:  # the pack appears whole, or the old one stays

@@ -23,12 +23,11 @@ path runs without any download.
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 
+from ..config import paths
 from .tasks import balanced_labels, task_seed
 
 __all__ = [
@@ -40,7 +39,6 @@ __all__ = [
     "create_hub_backbone",
     "dataset_split",
     "is_online_task",
-    "DATA_ROOT",
 ]
 
 # task name -> (torchvision class name, kwargs for the train split, kwargs for the test split)
@@ -52,7 +50,6 @@ TORCHVISION_TASKS = {
     "dtd": ("DTD", {"split": "train"}, {"split": "test"}),
     "cifar10": ("CIFAR10", {"train": True}, {"train": False}),
 }
-DATA_ROOT = os.environ.get("SWUDI_LAB_DATA", str(Path.home() / ".cache" / "swudi_lab" / "torchvision"))
 
 
 @dataclass(frozen=True)
@@ -136,7 +133,7 @@ def dataset_split(task: str, split: str, n: int, data_seed: int = 0, img_size: i
     name = task[3:] if is_online_task(task) else task
     if name not in TORCHVISION_TASKS and DATASET_FACTORY is _torchvision_dataset:
         raise ValueError(f"unknown torchvision task {task!r}; known: {', '.join('tv:' + k for k in TORCHVISION_TASKS)}")
-    root = root or DATA_ROOT
+    root = root or str(paths.downloads_dir())
     single = name in TORCHVISION_TASKS and not TORCHVISION_TASKS[name][1]
     ds = DATASET_FACTORY(name, "train" if single else split, root)
     labels = _labels_of(ds).astype(np.int64)

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ..config import paths
 from ..files import atomic_path
 
 SIZE = 32
@@ -498,7 +499,7 @@ class TaskData:
 
 
 GENERATOR_VERSION = 2  # bump when a generator changes its output (invalidates disk caches)
-CACHE_DIR = None  # default: <repo>/data/cache/tasks when writable; set to False to disable
+CACHE_DIR = None  # default: paths.tasks_cache_dir() (<data>/cache/tasks) when writable; set to False to disable
 
 
 def _cache_dir():
@@ -507,7 +508,7 @@ def _cache_dir():
 
     if CACHE_DIR is False:
         return None
-    d = Path(CACHE_DIR) if CACHE_DIR else Path(__file__).resolve().parents[2] / "data" / "cache" / "tasks"
+    d = Path(CACHE_DIR) if CACHE_DIR else paths.tasks_cache_dir()
     try:
         d.mkdir(parents=True, exist_ok=True)
         return d if os.access(d, os.W_OK) else None
@@ -520,7 +521,7 @@ def make_split(name: str, split: str, n: int, data_seed: int = 0) -> tuple[np.nd
     """``n`` images of task ``name``'s ``split`` ("train" or "test"), read-only arrays.
 
     Seeded by ``(name, split, data_seed)`` only (the expert seed never changes a split). Cached
-    in memory and on disk (``data/cache/tasks``, git-ignored; a file that fails to load or whose
+    in memory and on disk (``<data>/cache/tasks``, git-ignored; a file that fails to load or whose
     checksum is wrong is regenerated).
     """
     if name not in TASK_GENERATORS:
