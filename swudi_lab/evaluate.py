@@ -26,6 +26,11 @@ A third one separates what a backbone *knows* from what its fixed heads *read*:
   It uses task data, so it is a diagnostic, never a merge: a merge whose probe accuracy is high
   but whose head accuracy is low kept the features and lost their alignment with the heads.
 
+Images reach a backbone through :func:`to_tensor` (uint8 ``(N, H, W, 3)`` -> normalized float
+``(N, 3, H, W)``) and :func:`features` (a backbone's features of a batch of images); the zoo trains
+with the same two. This module reads a zoo only through the object passed in (``zoo.heads``,
+``zoo.make_backbone()``, ``zoo.test_data()``, ``zoo.manifest``): it imports nothing above it.
+
 Reference rows: the base backbone with the task heads (``zoo.base``) and each expert on its own
 task (``expert_accuracies``).
 
@@ -60,6 +65,8 @@ from .merge.io import load_state_dict  # safetensors, or torch.load(weights_only
 __all__ = [
     "Measurement",
     "measure",
+    "to_tensor",
+    "features",
     "evaluate_backbone",
     "evaluate_experts",
     "average_accuracy",
@@ -172,6 +179,37 @@ def measure(device: str | torch.device = "cpu") -> Iterator[Measurement]:
             m.exact_peak = False
 
 
+# ----------------------------------------------------------------------------- images and features
+
+MEAN, STD = 0.5, 0.25  # the zoo's input normalization: (x / 255 - MEAN) / STD
+
+
+def to_tensor(x) -> torch.Tensor:
+    """uint8 ``(N, H, W, 3)`` -> float32 ``(N, 3, H, W)`` normalized as ``(x/255 - 0.5)/0.25``."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.array(x, copy=not x.flags.writeable or not x.flags.c_contiguous))
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255.0)
+    else:
+        x = x.float()
+    if x.ndim == 4 and x.shape[-1] == 3 and x.shape[1] != 3:
+        x = x.permute(0, 3, 1, 2)
+    return ((x - MEAN) / STD).contiguous()
+
+
+@torch.no_grad()
+def features(backbone: torch.nn.Module, x, device="cpu", batch_size: int = 500) -> torch.Tensor:
+    """Backbone features ``(N, D)`` of uint8 images ``(N, H, W, 3)`` (eval mode, float32, on CPU)."""
+    was = backbone.training
+    backbone.eval()
+    out = []
+    xt = to_tensor(x)
+    for i in range(0, len(xt), batch_size):
+        out.append(backbone(xt[i : i + batch_size].to(device)).float().cpu())
+    backbone.train(was)
+    return torch.cat(out)
+
+
 # ----------------------------------------------------------------------------- accuracy
 
 
@@ -185,15 +223,13 @@ def _resolve_backbone(backbone_or_state_dict, zoo_or_heads, device):
             "evaluate_backbone expects an nn.Module, a state dict or a safetensors path, "
             f"got {type(backbone_or_state_dict).__name__}"
         )
-    config = getattr(zoo_or_heads, "config", None)
-    if config is None:
+    make_backbone = getattr(zoo_or_heads, "make_backbone", None)
+    if make_backbone is None:
         raise ValueError(
-            "a state dict needs a Zoo (for its backbone config) as `zoo_or_heads`; "
+            "a state dict needs a Zoo (its make_backbone() builds the backbone) as `zoo_or_heads`; "
             "with a plain heads dict pass an nn.Module backbone instead"
         )
-    from swudi_lab.zoo.model import make_backbone
-
-    model = make_backbone(config)
+    model = make_backbone()
     missing, unexpected = model.load_state_dict(dict(backbone_or_state_dict), strict=False)
     if missing or unexpected:
         raise ValueError(f"state dict does not fit the zoo backbone: missing {missing[:5]}, unexpected {unexpected[:5]}")
@@ -266,8 +302,6 @@ def evaluate_backbone(
         tasks_data = zoo_or_heads.test_data()
     model = _resolve_backbone(backbone_or_state_dict, zoo_or_heads, device)
     heads = _resolve_heads(zoo_or_heads)
-    from swudi_lab.zoo.tasks import to_tensor
-
     was_training = model.training
     model.eval()
     order = list(tasks) if tasks is not None else list(tasks_data.keys())
@@ -403,8 +437,6 @@ def probe_accuracy(backbone_or_state_dict, zoo, train_data: Mapping, test_data: 
     features of this backbone and scored on ``test_data[t]``'s (every task of ``test_data``; classes
     ``0..max label``). ``zoo`` supplies the backbone config of a state dict (``None`` with an
     ``nn.Module``); data as in :func:`evaluate_backbone` (``task -> (x uint8 (M, H, W, 3), y)``)."""
-    from swudi_lab.zoo.train import features
-
     model = _resolve_backbone(backbone_or_state_dict, zoo, torch.device(device))
     out = {}
     for t in test_data:

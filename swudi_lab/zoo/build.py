@@ -36,7 +36,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..config import paths
+from ..config.presets import ZOO_MATCHED
+from ..evaluate import average_accuracy, evaluate_backbone, normalized_accuracy, recovered_gain
 from ..files import atomic_dir, atomic_path, atomic_write_text, sha256_file
+from ..merge import merge
 from .model import BackboneConfig, make_backbone
 from .tasks import TASK_CLASSES, TASKS
 from .tasks import make_split as _offline_split
@@ -360,8 +363,6 @@ def _round_tau(base: dict, expert: dict, dtype: str) -> tuple[dict, dict]:
 
 
 def _evaluate(backbone_state, make, heads, data, tasks, device="cpu") -> dict:
-    from swudi_lab.evaluate import evaluate_backbone
-
     m = make()
     m.load_state_dict(backbone_state)
     return evaluate_backbone(m, heads, {t: data[t] for t in tasks}, tasks=tasks, device=device)
@@ -373,11 +374,8 @@ def _merge_check(base, experts, make, heads, data, tasks, base_acc, expert_acc, 
     Returns ``label -> {"method", "params", "avg_acc", "norm_acc", "recovered", "per_task"}``
     (``recovered``: share of the experts' gain kept, :func:`~swudi_lab.evaluate.recovered_gain`).
     """
-    from swudi_lab.demo import PAPER_KAPPA_SWUDI  # here: the demo imports the zoo
-    from swudi_lab.evaluate import average_accuracy, normalized_accuracy, recovered_gain
-    from swudi_lab.merge import merge
-
-    runs = {f"swudi (kappa={PAPER_KAPPA_SWUDI:.3g})": ("swudi", {"kappa": PAPER_KAPPA_SWUDI}), "swudi_a": ("swudi_a", {})}
+    kappa = ZOO_MATCHED.params("swudi")["kappa"]  # the paper's kappa only: the manifest records exactly these runs
+    runs = {f"swudi (kappa={kappa:.3g})": ("swudi", {"kappa": kappa}), "swudi_a": ("swudi_a", {})}
     out = {}
     for label, (method, params) in runs.items():
         state = merge(base, experts, method, device=device, progress=False, **params).state_dict

@@ -31,8 +31,8 @@ The pretraining mixture (:data:`PRETRAIN_GROUPS`, 48 classes) uses *other* gener
 classes: letters K-Z, symbols, eight other scikit-image photos, band-pass noise scale and
 blob-texture scale. It shares no class with the eight tasks.
 
-Images are uint8 arrays ``(N, 32, 32, 3)``; :func:`to_tensor` converts them to the float
-``(N, 3, 32, 32)`` the backbone takes (``(x / 255 - 0.5) / 0.25``).
+Images are uint8 arrays ``(N, 32, 32, 3)``; :func:`~swudi_lab.evaluate.to_tensor` converts them to
+the float ``(N, 3, 32, 32)`` the backbone takes (``(x / 255 - 0.5) / 0.25``).
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ from ..config import paths
 from ..files import atomic_path
 
 SIZE = 32
-MEAN, STD = 0.5, 0.25
 
 __all__ = [
     "TASKS",
@@ -62,7 +61,6 @@ __all__ = [
     "make_split",
     "make_tasks",
     "make_pretrain_data",
-    "to_tensor",
     "balanced_labels",
     "task_seed",
 ]
@@ -82,19 +80,6 @@ def balanced_labels(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     y = np.arange(n) % k
     rng.shuffle(y)
     return y.astype(np.int64)
-
-
-def to_tensor(x) -> torch.Tensor:
-    """uint8 ``(N, H, W, 3)`` -> float32 ``(N, 3, H, W)`` normalized as ``(x/255 - 0.5)/0.25``."""
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.array(x, copy=not x.flags.writeable or not x.flags.c_contiguous))
-    if x.dtype == torch.uint8:
-        x = x.float().div_(255.0)
-    else:
-        x = x.float()
-    if x.ndim == 4 and x.shape[-1] == 3 and x.shape[1] != 3:
-        x = x.permute(0, 3, 1, 2)
-    return ((x - MEAN) / STD).contiguous()
 
 
 def _rand_colour(rng, n=None):

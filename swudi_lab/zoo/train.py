@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .tasks import to_tensor
+from ..evaluate import features, to_tensor
 
 __all__ = [
     "PretrainRecipe",
@@ -130,19 +130,6 @@ def _random_shift(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Te
     idx_b = torch.arange(b, device=x.device)[:, None, None]
     out = xp.permute(0, 2, 3, 1)[idx_b, rows[:, :, None], cols[:, None, :]]
     return out.permute(0, 3, 1, 2).contiguous()
-
-
-@torch.no_grad()
-def features(backbone: torch.nn.Module, x, device="cpu", batch_size: int = 500) -> torch.Tensor:
-    """Backbone features ``(N, D)`` of uint8 images ``(N, H, W, 3)`` (eval mode, float32, on CPU)."""
-    was = backbone.training
-    backbone.eval()
-    out = []
-    xt = to_tensor(x)
-    for i in range(0, len(xt), batch_size):
-        out.append(backbone(xt[i : i + batch_size].to(device)).float().cpu())
-    backbone.train(was)
-    return torch.cat(out)
 
 
 @torch.no_grad()
