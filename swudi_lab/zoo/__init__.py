@@ -23,13 +23,13 @@ from .build import (
     write_release,
 )
 from .model import BackboneConfig, make_backbone
-from .tasks import TASK_CLASSES, TASKS, make_split, make_task, make_tasks
+from .tasks import TASK_CLASSES, TASKS, make_split
 from .train import FinetuneRecipe, PretrainRecipe, finetune, pretrain, prototype_heads, task_vector_ratio
 
 __all__ = [
     "DATA_DIR", "DEFAULT_PRETRAINED", "Zoo", "ZooCacheError", "ZooConfig", "build_pretrained", "build_zoo",
     "load_pretrained", "load_zoo", "materialize_release", "write_release", "BackboneConfig", "make_backbone",
-    "TASK_CLASSES", "TASKS", "make_split", "make_task", "make_tasks", "FinetuneRecipe", "PretrainRecipe",
+    "TASK_CLASSES", "TASKS", "make_split", "FinetuneRecipe", "PretrainRecipe",
     "finetune", "pretrain", "prototype_heads", "task_vector_ratio",
 ]
 

@@ -229,10 +229,6 @@ class Zoo:
     def expert_accuracy(self) -> dict[str, float]:
         return dict(self.manifest["accuracy"]["expert"])
 
-    @property
-    def base_accuracy(self) -> dict[str, float]:
-        return dict(self.manifest["accuracy"]["base"])
-
 
 # ----------------------------------------------------------------------------- verification
 
@@ -276,8 +272,7 @@ def _seed_dir(root, seed: int) -> Path:
     return Path(root) / f"seed{int(seed)}"
 
 
-def load_zoo(root=None, seed: int = 0, verify: bool = True, config: ZooConfig | None = None,
-             release_root=None) -> Zoo:
+def load_zoo(root=None, seed: int = 0, config: ZooConfig | None = None, release_root=None) -> Zoo:
     """Open the zoo of ``seed`` under ``root`` (default: :func:`~swudi_lab.config.paths.zoo_dir`),
     verifying every file's sha256.
 
@@ -298,13 +293,7 @@ def load_zoo(root=None, seed: int = 0, verify: bool = True, config: ZooConfig | 
                 raise ZooCacheError(f"release pack {rel}: unreadable manifest ({e})") from e
             if config is None or config.key() == rel_key:
                 materialize_release(rel, d)
-    if verify:
-        manifest = _verify_dir(d, config)
-    else:
-        if not (d / "manifest.json").is_file():
-            raise ZooCacheError(f"zoo cache {d}: manifest.json is missing")
-        manifest = json.loads((d / "manifest.json").read_text())
-    return Zoo(d, manifest)
+    return Zoo(d, _verify_dir(d, config))
 
 
 # ----------------------------------------------------------------------------- pretrained base
@@ -408,9 +397,9 @@ def build_zoo(root=None, seed: int = 0, config: ZooConfig | None = None, progres
     d = _seed_dir(root, seed)
     if not force:
         try:
-            return load_zoo(root, seed, verify=True, config=config)
+            return load_zoo(root, seed, config=config)
         except ZooCacheError as e:
-            if (d / "manifest.json").exists() or d.exists():
+            if d.exists():
                 warnings.warn(f"{e}; rebuilding", stacklevel=2)
     threads_before = torch.get_num_threads()
     if config.threads:
@@ -422,34 +411,17 @@ def build_zoo(root=None, seed: int = 0, config: ZooConfig | None = None, progres
 
 
 def _build(root, seed, config, progress, device, d) -> Zoo:
+    """The build's steps, in order: base, data, heads, experts, merge check, targets, manifest."""
     t_start = time.time()
     say = (lambda msg: print(f"[zoo seed{seed} {time.time() - t_start:6.1f}s] {msg}", flush=True)) if progress else (lambda msg: None)
     make = lambda: make_backbone(config.backbone)  # noqa: E731
 
-    if config.pretrained is None:
-        base = {k: v.detach().float().cpu().clone().contiguous() for k, v in make_backbone(config.backbone, seed=1234).state_dict().items()}
-        hub = getattr(config.backbone, "name", None)
-        pre_info = {"name": hub, "sha256": None, "note": f"hub weights of {hub}" if hub else "random init (seed 1234)"}
-    else:
-        base, pre_info = load_pretrained(config.pretrained)
-        want = set(make().state_dict())
-        if set(base) != want:
-            raise ZooCacheError(f"pretrained base {config.pretrained!r} does not fit the backbone config {config.backbone}")
-    base_model = make()
-    base_model.load_state_dict(base)
-
+    base, pre_info = _base_weights(config, make)
     train = {t: task_split(config, t, "train") for t in config.tasks}
     test = {t: task_split(config, t, "test") for t in config.tasks}
     classes = {t: n_classes(config, t) for t in config.tasks}
     say(f"data ready ({len(config.tasks)} tasks x {config.n_train} train / {config.n_test} test)")
-
-    rec = config.finetune
-    heads = {}
-    for t in config.tasks:
-        x, y = train[t]
-        heads[t] = prototype_heads(base_model.to(device), x[: rec.prototype_images], y[: rec.prototype_images], classes[t],
-                                   rec.head_scale, device=device, center=rec.head == "centered")
-    base_model.cpu()
+    heads = _fit_heads(base, make, config, train, classes, device)
     base_acc = _evaluate(base, make, heads, test, config.tasks, device)
     say("base with heads: " + ", ".join(f"{t} {a:.1f}" for t, a in base_acc.items()))
 
@@ -458,83 +430,147 @@ def _build(root, seed, config, progress, device, d) -> Zoo:
         (tmp / "task_vectors").mkdir(parents=True)
         _save_tensors(base, tmp / "base.safetensors")
         _save_tensors({f"{t}.{n}": v for t in config.tasks for n, v in zip(("weight", "bias"), heads[t])}, tmp / "heads.safetensors")
-        expert_acc, ratio, ratio_all, seconds, experts = {}, {}, {}, {}, {}
-        for i, t in enumerate(config.tasks):
-            t0 = time.time()
-            x, y = train[t]
-            expert_seed = 1000 * int(seed) + i
-            ex = finetune(base, make, heads[t], x, y, rec, seed=expert_seed, device=device)
-            ex, tau = _round_tau(base, ex, config.tau_dtype)
-            experts[t] = ex
-            _save_tensors(ex, tmp / "experts" / f"{t}.safetensors")
-            _save_tensors(tau, tmp / "task_vectors" / f"{t}.safetensors")
-            expert_acc[t] = _evaluate(ex, make, heads, test, [t], device)[t]
-            ratio[t] = task_vector_ratio(base, ex, matrices_only=True)
-            ratio_all[t] = task_vector_ratio(base, ex, matrices_only=False)
-            seconds[t] = time.time() - t0
-            say(f"expert {t}: {expert_acc[t]:.1f}% (base {base_acc[t]:.1f}%), tau/W {100 * ratio[t]:.2f}%, {seconds[t]:.0f}s")
-        avg = lambda dct: float(np.mean(list(dct.values())))  # noqa: E731
-        gain = {t: expert_acc[t] - base_acc[t] for t in config.tasks}
-        merges = _merge_check(base, experts, make, heads, test, config.tasks, base_acc, expert_acc, device)
-        best = max(merges, key=lambda k: np.nan_to_num(merges[k]["recovered"], nan=-np.inf))
+        experts, stats = _build_experts(tmp, seed, config, base, make, heads, train, test, base_acc, device, say)
+        merges = _merge_check(base, experts, make, heads, test, config.tasks, base_acc, stats["accuracy"], device)
         say("merges of all experts: " + ", ".join(f"{k} {v['avg_acc']:.1f}% (keeps {v['recovered']:.0f}% of the gain)"
                                                    for k, v in merges.items()))
-        targets = {
-            "min_avg_gain": TARGET_MIN_GAIN,
-            "ratio_range": list(TARGET_RATIO),
-            "avg_gain": avg(gain),
-            "mean_ratio": avg(ratio),
-            "gain_met": avg(gain) >= TARGET_MIN_GAIN,
-            "ratio_met": TARGET_RATIO[0] <= avg(ratio) <= TARGET_RATIO[1],
-            "min_recovered": TARGET_MIN_RECOVERED,
-            "best_merge": best,
-            "best_recovered": merges[best]["recovered"],
-            "best_norm_acc": merges[best]["norm_acc"],
-            "merge_met": merges[best]["recovered"] >= TARGET_MIN_RECOVERED,
-        }
-        files = {"base.safetensors": sha256_file(tmp / "base.safetensors"), "heads.safetensors": sha256_file(tmp / "heads.safetensors")}
-        files.update({f"experts/{t}.safetensors": sha256_file(tmp / "experts" / f"{t}.safetensors") for t in config.tasks})
-        files.update({f"task_vectors/{t}.safetensors": sha256_file(tmp / "task_vectors" / f"{t}.safetensors") for t in config.tasks})
-        import timm
-
-        manifest = {
-            "format": FORMAT,
-            "seed": int(seed),
-            "expert_seeds": {t: 1000 * int(seed) + i for i, t in enumerate(config.tasks)},
-            "config": config.to_dict(),
-            "config_key": config.key(),
-            "tasks": list(config.tasks),
-            "n_classes": classes,
-            "pretrained": {k: pre_info.get(k) for k in ("name", "sha256", "val_accuracy", "seconds", "note") if k in pre_info},
-            "accuracy": {
-                "base": base_acc,
-                "expert": expert_acc,
-                "gain": gain,
-                "avg_base": avg(base_acc),
-                "avg_expert": avg(expert_acc),
-                "avg_gain": avg(gain),
-            },
-            "task_vector_ratio": ratio,
-            "task_vector_ratio_all_params": ratio_all,
-            "task_vector_ratio_mean": avg(ratio),
-            "merges": merges,
-            "targets": targets,
-            "seconds": {"experts": seconds, "total": time.time() - t_start},
-            "versions": {"torch": torch.__version__, "timm": timm.__version__},
-            "files": files,
-        }
+        gain = {t: stats["accuracy"][t] - base_acc[t] for t in config.tasks}
+        targets = _targets(gain, stats["ratio"], merges)
+        manifest = _manifest(tmp, seed, config, classes, pre_info, base_acc, stats, gain, merges, targets, t_start)
         _write_json(manifest, tmp / "manifest.json")
-    say(f"done: base {avg(base_acc):.1f}% -> experts {avg(expert_acc):.1f}% (gain {avg(gain):+.1f}), tau/W {100 * avg(ratio):.2f}%")
+    say(f"done: base {_mean(base_acc):.1f}% -> experts {_mean(stats['accuracy']):.1f}% (gain {_mean(gain):+.1f}), "
+        f"tau/W {100 * _mean(stats['ratio']):.2f}%")
+    if config.check_targets:
+        _warn_missed_targets(seed, targets)
+    return load_zoo(root, seed, config=config)
+
+
+def _mean(values: dict) -> float:
+    return float(np.mean(list(values.values())))
+
+
+def _base_weights(config, make) -> tuple[dict, dict]:
+    """The base state dict and what the manifest records about it: the shipped base (hash-checked and
+    fitted to the backbone config), or a random init (seed 1234) / the hub weights when ``config.pretrained`` is None."""
+    if config.pretrained is None:
+        base = {k: v.detach().float().cpu().clone().contiguous() for k, v in make_backbone(config.backbone, seed=1234).state_dict().items()}
+        hub = getattr(config.backbone, "name", None)
+        return base, {"name": hub, "sha256": None, "note": f"hub weights of {hub}" if hub else "random init (seed 1234)"}
+    base, pre_info = load_pretrained(config.pretrained)
+    if set(base) != set(make().state_dict()):
+        raise ZooCacheError(f"pretrained base {config.pretrained!r} does not fit the backbone config {config.backbone}")
+    return base, pre_info
+
+
+def _fit_heads(base, make, config, train, classes, device) -> dict:
+    """The fixed heads ``task -> (weight, bias)``, fitted on the base's features of the first
+    ``prototype_images`` training images of each task."""
+    rec = config.finetune
+    base_model = make()
+    base_model.load_state_dict(base)
+    heads = {}
+    for t in config.tasks:
+        x, y = train[t]
+        heads[t] = prototype_heads(base_model.to(device), x[: rec.prototype_images], y[: rec.prototype_images], classes[t],
+                                   rec.head_scale, device=device, center=rec.head == "centered")
+    base_model.cpu()
+    return heads
+
+
+def _expert_seed(seed: int, i: int) -> int:
+    return 1000 * int(seed) + i
+
+
+def _build_experts(tmp, seed, config, base, make, heads, train, test, base_acc, device, say) -> tuple[dict, dict]:
+    """Fine-tune one expert per task (expert seed ``1000 seed + i``), round its task vector to
+    ``config.tau_dtype`` and write both into ``tmp``; score each expert on its own task.
+
+    Returns ``(experts, stats)``: the stored expert state dicts, and ``stats`` with the per-task
+    ``accuracy``, ``ratio`` (2-D matrices), ``ratio_all`` (every tensor) and ``seconds``.
+    """
+    experts, stats = {}, {"accuracy": {}, "ratio": {}, "ratio_all": {}, "seconds": {}}
+    for i, t in enumerate(config.tasks):
+        t0 = time.time()
+        x, y = train[t]
+        ex = finetune(base, make, heads[t], x, y, config.finetune, seed=_expert_seed(seed, i), device=device)
+        ex, tau = _round_tau(base, ex, config.tau_dtype)
+        experts[t] = ex
+        _save_tensors(ex, tmp / "experts" / f"{t}.safetensors")
+        _save_tensors(tau, tmp / "task_vectors" / f"{t}.safetensors")
+        stats["accuracy"][t] = _evaluate(ex, make, heads, test, [t], device)[t]
+        stats["ratio"][t] = task_vector_ratio(base, ex, matrices_only=True)
+        stats["ratio_all"][t] = task_vector_ratio(base, ex, matrices_only=False)
+        stats["seconds"][t] = time.time() - t0
+        say(f"expert {t}: {stats['accuracy'][t]:.1f}% (base {base_acc[t]:.1f}%), tau/W {100 * stats['ratio'][t]:.2f}%, "
+            f"{stats['seconds'][t]:.0f}s")
+    return experts, stats
+
+
+def _targets(gain: dict, ratio: dict, merges: dict) -> dict:
+    """The three targets (average gain, task-vector ratio, share of the gain the best spectral merge keeps)."""
+    best = max(merges, key=lambda k: np.nan_to_num(merges[k]["recovered"], nan=-np.inf))
+    return {
+        "min_avg_gain": TARGET_MIN_GAIN,
+        "ratio_range": list(TARGET_RATIO),
+        "avg_gain": _mean(gain),
+        "mean_ratio": _mean(ratio),
+        "gain_met": _mean(gain) >= TARGET_MIN_GAIN,
+        "ratio_met": TARGET_RATIO[0] <= _mean(ratio) <= TARGET_RATIO[1],
+        "min_recovered": TARGET_MIN_RECOVERED,
+        "best_merge": best,
+        "best_recovered": merges[best]["recovered"],
+        "best_norm_acc": merges[best]["norm_acc"],
+        "merge_met": merges[best]["recovered"] >= TARGET_MIN_RECOVERED,
+    }
+
+
+def _manifest(tmp, seed, config, classes, pre_info, base_acc, stats, gain, merges, targets, t_start) -> dict:
+    """The manifest of a build in ``tmp``: config, seeds, accuracies, ratios, merges, targets, file hashes."""
+    import timm
+
+    files = {"base.safetensors": sha256_file(tmp / "base.safetensors"), "heads.safetensors": sha256_file(tmp / "heads.safetensors")}
+    files.update({f"experts/{t}.safetensors": sha256_file(tmp / "experts" / f"{t}.safetensors") for t in config.tasks})
+    files.update({f"task_vectors/{t}.safetensors": sha256_file(tmp / "task_vectors" / f"{t}.safetensors") for t in config.tasks})
+    expert_acc = stats["accuracy"]
+    return {
+        "format": FORMAT,
+        "seed": int(seed),
+        "expert_seeds": {t: _expert_seed(seed, i) for i, t in enumerate(config.tasks)},
+        "config": config.to_dict(),
+        "config_key": config.key(),
+        "tasks": list(config.tasks),
+        "n_classes": classes,
+        "pretrained": {k: pre_info.get(k) for k in ("name", "sha256", "val_accuracy", "seconds", "note") if k in pre_info},
+        "accuracy": {
+            "base": base_acc,
+            "expert": expert_acc,
+            "gain": gain,
+            "avg_base": _mean(base_acc),
+            "avg_expert": _mean(expert_acc),
+            "avg_gain": _mean(gain),
+        },
+        "task_vector_ratio": stats["ratio"],
+        "task_vector_ratio_all_params": stats["ratio_all"],
+        "task_vector_ratio_mean": _mean(stats["ratio"]),
+        "merges": merges,
+        "targets": targets,
+        "seconds": {"experts": stats["seconds"], "total": time.time() - t_start},
+        "versions": {"torch": torch.__version__, "timm": timm.__version__},
+        "files": files,
+    }
+
+
+def _warn_missed_targets(seed, targets: dict) -> None:
     missed = [msg for met, msg in (
-        (targets["gain_met"], f"average gain {avg(gain):+.1f} (want >= {TARGET_MIN_GAIN})"),
-        (targets["ratio_met"], f"task-vector ratio {100 * avg(ratio):.2f}% "
+        (targets["gain_met"], f"average gain {targets['avg_gain']:+.1f} (want >= {TARGET_MIN_GAIN})"),
+        (targets["ratio_met"], f"task-vector ratio {100 * targets['mean_ratio']:.2f}% "
                                f"(want {100 * TARGET_RATIO[0]:.0f}-{100 * TARGET_RATIO[1]:.0f}%)"),
         (targets["merge_met"], f"best spectral merge keeps {targets['best_recovered']:.0f}% of the gain "
                                f"(want >= {TARGET_MIN_RECOVERED:.0f}%)"),
     ) if not met]
-    if config.check_targets and missed:
-        warnings.warn(f"zoo seed {seed} misses its targets: {'; '.join(missed)}", stacklevel=2)
-    return load_zoo(root, seed, verify=True, config=config)
+    if missed:
+        warnings.warn(f"zoo seed {seed} misses its targets: {'; '.join(missed)}", stacklevel=3)
+
 
 
 # ----------------------------------------------------------------------------- release pack

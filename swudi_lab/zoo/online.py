@@ -15,7 +15,7 @@ Usage (Colab, GPU)::
     cfg = online.online_config("vit_small_patch16_224", n_train=2000, n_test=1000, steps=300)
     zoo = build_zoo("data/zoo_online", seed=0, config=cfg, device="cuda")
 
-or ``swudi-lab zoo build --online vit_small_patch16_224``. Offline tests inject stand-ins through
+Offline tests inject stand-ins through
 :data:`MODEL_FACTORY` and :data:`DATASET_FACTORY` (a tiny ViT and a fake dataset), so the same code
 path runs without any download.
 """
@@ -23,7 +23,7 @@ path runs without any download.
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -59,9 +59,6 @@ class HubBackboneConfig:
     name: str = "vit_small_patch16_224"
     pretrained: bool = True
     img_size: int = 224
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _timm_create(name: str, pretrained: bool, **kw):

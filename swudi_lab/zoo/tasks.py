@@ -40,11 +40,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..config import paths
@@ -56,10 +54,7 @@ __all__ = [
     "TASKS",
     "TASK_CLASSES",
     "PRETRAIN_GROUPS",
-    "TaskData",
-    "make_task",
     "make_split",
-    "make_tasks",
     "make_pretrain_data",
     "balanced_labels",
     "task_seed",
@@ -465,24 +460,6 @@ TASK_CLASSES: dict[str, int] = {k: v[0] for k, v in TASK_GENERATORS.items()}
 # ----------------------------------------------------------------------------- task data
 
 
-@dataclass
-class TaskData:
-    """Fixed train/test split of one task (uint8 images ``(N, 32, 32, 3)``, int64 labels)."""
-
-    name: str
-    n_classes: int
-    train_x: np.ndarray
-    train_y: np.ndarray
-    test_x: np.ndarray
-    test_y: np.ndarray
-
-    def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        for a in (self.train_x, self.train_y, self.test_x, self.test_y):
-            h.update(np.ascontiguousarray(a).tobytes())
-        return h.hexdigest()
-
-
 GENERATOR_VERSION = 2  # bump when a generator changes its output (invalidates disk caches)
 CACHE_DIR = None  # default: paths.tasks_cache_dir() (<data>/cache/tasks) when writable; set to False to disable
 
@@ -536,19 +513,6 @@ def make_split(name: str, split: str, n: int, data_seed: int = 0) -> tuple[np.nd
     x.setflags(write=False)
     y.setflags(write=False)
     return x, y
-
-
-def make_task(name: str, n_train: int = 4000, n_test: int = 1000, data_seed: int = 0) -> TaskData:
-    """Task ``name`` with its fixed train/test split (see :func:`make_split`)."""
-    if name not in TASK_GENERATORS:
-        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
-    tr = make_split(name, "train", n_train, data_seed)
-    te = make_split(name, "test", n_test, data_seed)
-    return TaskData(name, TASK_GENERATORS[name][0], tr[0], tr[1], te[0], te[1])
-
-
-def make_tasks(names=TASKS, n_train: int = 4000, n_test: int = 1000, data_seed: int = 0) -> dict[str, TaskData]:
-    return {n: make_task(n, n_train, n_test, data_seed) for n in names}
 
 
 # ----------------------------------------------------------------------------- pretraining mixture

@@ -20,7 +20,6 @@ recipe (hub ViT, torchvision datasets) goes through the same code.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -38,15 +37,8 @@ __all__ = [
     "pretrain",
     "prototype_heads",
     "finetune",
-    "features",
     "task_vector_ratio",
-    "set_threads",
 ]
-
-
-def set_threads(n: int | None) -> None:
-    if n:
-        torch.set_num_threads(int(n))
 
 
 @dataclass(frozen=True)
@@ -250,7 +242,6 @@ def pretrain(
     log_file: str | None = None,
     progress: bool = True,
     eval_every: int = 1000,
-    snapshot: Callable[[int, dict], None] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """Pretrain the backbone on the 48-class mixture; return ``(backbone_state, info)``.
 
@@ -312,8 +303,6 @@ def pretrain(
             run_loss = 0.0
         if eval_every and (step + 1) % eval_every == 0 and step + 1 < recipe.steps:
             say(f"step {step + 1} val acc {val_acc():.2f}")
-            if snapshot is not None:  # does not touch the random streams
-                snapshot(step + 1, {k: v.detach().float().cpu().clone() for k, v in backbone.state_dict().items()})
     acc = val_acc()
     seconds = time.time() - t0
     say(f"done: val acc {acc:.2f} in {seconds:.1f}s")
@@ -334,7 +323,3 @@ def pretrain(
         "loss_history": history,
     }
     return state, info
-
-
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=float))
