@@ -37,7 +37,9 @@ from pathlib import Path
 import swudi_lab  # noqa: F401  (before anything that may import timm)
 import torch
 
+from swudi_lab.config import paths
 from swudi_lab.evaluate import measure
+from swudi_lab.files import atomic_write_text
 from swudi_lab.merge import get_method, resolve_device, resolve_params
 from swudi_lab.merge.engine import _no_tf32
 from swudi_lab.spectral import eigh, interference_operator
@@ -106,7 +108,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n-experts", type=int, default=8)
     ap.add_argument("--rank", type=int, default=16, help="rank of each task vector's signal part")
     ap.add_argument("--methods", nargs="+", default=None, help="only these rows (labels of the table)")
-    ap.add_argument("--out", default="results/bench/merge_cost.json")
+    ap.add_argument("--out", default=None, help="JSON output (default: results/bench/merge_cost.json, $SWUDI_LAB_RESULTS)")
     args = ap.parse_args(argv)
     device = resolve_device(args.device)
     dtype = getattr(torch, args.dtype)
@@ -148,15 +150,14 @@ def main(argv=None) -> int:
         r["x_floor"] = r["seconds"] / floor["seconds"] if floor else None
     print()
     print(table(results))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out) if args.out else paths.bench_results_dir() / "merge_cost.json"
     meta = {"device": str(device), "dtype": args.dtype, "n_experts": args.n_experts, "rank": args.rank,
             "blocks": args.blocks, "ref_blocks": ref_blocks, "iter_steps": args.iter_steps,
             "threads": torch.get_num_threads(), "torch": torch.__version__,
             "command": " ".join([os.path.basename(sys.executable)] + sys.argv)}
     if device.type == "cuda":
         meta["gpu"] = torch.cuda.get_device_name(device)
-    out.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    atomic_write_text(out, json.dumps({"meta": meta, "results": results}, indent=1))
     print(f"\nwrote {out}")
     return 0
 

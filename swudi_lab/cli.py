@@ -28,6 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import swudi_lab  # noqa: F401  (torchvision shim before any timm import)
+from swudi_lab.config import paths
 
 __all__ = ["main", "build_parser"]
 
@@ -150,12 +151,13 @@ def _add_zoo(sub) -> None:
     p = sub.add_parser("zoo", help="build, reuse or inspect the offline ViT expert zoo")
     p.add_argument("action", choices=["build", "info"], help="build: build or reuse; info: print manifests")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="expert seeds (default: 0, the shipped one)")
-    p.add_argument("--root", default=None, help="zoo cache directory (default: data/zoo of the checkout)")
+    p.add_argument("--root", default=None, help="zoo cache directory (default: $SWUDI_LAB_CACHE, else data/zoo of the checkout)")
     p.add_argument("--force", action="store_true", help="rebuild even if the cache verifies")
     p.add_argument("--pretrain", action="store_true",
                    help="first reproduce the pretrained base (7.6 min on one H200 with --device cuda; hours on a CPU) into --pretrained-out")
-    p.add_argument("--pretrained-out", default="data/pretrained/reproduced",
-                   help="where --pretrain writes (the shipped base in data/pretrained is never overwritten)")
+    p.add_argument("--pretrained-out", default=None,
+                   help="where --pretrain writes (default: data/pretrained/reproduced; the shipped base in data/pretrained "
+                        "is never overwritten)")
     p.add_argument("--pretrain-steps", type=int, default=None,
                    help="--pretrain with this many steps instead of the recipe's 14000 (written as <name>_steps<N>)")
     p.add_argument("--device", default="cpu", help="cpu | cuda")
@@ -203,12 +205,12 @@ def _zoo_config(args):
 
 def _cmd_zoo(args) -> int:
     from swudi_lab.zoo import build_zoo, load_zoo
-    from swudi_lab.zoo.build import DATA_DIR, DEFAULT_PRETRAINED, ZOO_ROOT, ZooCacheError, build_pretrained
+    from swudi_lab.zoo.build import DEFAULT_PRETRAINED, ZooCacheError, build_pretrained
 
     if args.action == "info":
         for seed in args.seeds:
             try:
-                zoo = load_zoo(args.root or ZOO_ROOT, seed)
+                zoo = load_zoo(args.root, seed)
             except ZooCacheError as e:  # a one-line error, like every other bad input
                 raise ValueError(f"{e} (build it with: swudi-lab zoo build --seeds {seed})") from None
             print(zoo)
@@ -223,16 +225,17 @@ def _cmd_zoo(args) -> int:
             if args.pretrain_steps <= 0:
                 raise ValueError(f"--pretrain-steps must be positive, got {args.pretrain_steps}")
             recipe, name = replace(recipe, steps=args.pretrain_steps), f"{name}_steps{args.pretrain_steps}"
-        info = build_pretrained(name, recipe=recipe, out_dir=args.pretrained_out, device=args.device)
-        print(f"wrote {Path(args.pretrained_out) / name}.safetensors (build experts on it with --pretrained and a --root)")
-        shipped = DATA_DIR / "pretrained" / f"{DEFAULT_PRETRAINED}.json"
+        out = Path(args.pretrained_out) if args.pretrained_out else paths.pretrained_dir() / "reproduced"
+        info = build_pretrained(name, recipe=recipe, out_dir=out, device=args.device)
+        print(f"wrote {out / name}.safetensors (build experts on it with --pretrained and a --root)")
+        shipped = paths.pretrained_dir() / f"{DEFAULT_PRETRAINED}.json"
         same = shipped.is_file() and json.loads(shipped.read_text()).get("sha256") == info["sha256"]
         print(f"pretrained base: val acc {info.get('val_accuracy', float('nan')):.2f}%, sha256 {info['sha256'][:16]}... "
               + ("(identical to the shipped base)" if same else "(differs from the shipped base: another recipe, or "
                  "float results that depend on the machine and thread count)"))
         print(f"the experts are built on {config.pretrained}")
     for seed in args.seeds:
-        print(build_zoo(args.root or ZOO_ROOT, seed, config=config, force=args.force, device=args.device))
+        print(build_zoo(args.root, seed, config=config, force=args.force, device=args.device))
     return 0
 
 
@@ -245,7 +248,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="expert seeds (mean ± std over them)")
     p.add_argument("--quick", action="store_true", help="smoke run: 300 test images per task, short sweeps")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    p.add_argument("--out", default="results/demo", help="output directory")
+    p.add_argument("--out", default=None, help="output directory (default: $SWUDI_LAB_RESULTS/demo, else results/demo)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--fresh", action="store_true", help="recompute every seed (default: reuse cached seed results)")
 
@@ -275,9 +278,11 @@ def _add_bench(sub) -> None:
 def _cmd_bench(args) -> int:
     import importlib.util
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "merge_cost.py"
-    if not script.is_file():
-        raise FileNotFoundError(f"{script} not found: the benchmark ships with the source checkout, not the wheel")
+    root = paths.checkout_root()
+    script = root / "benchmarks" / "merge_cost.py" if root is not None else None
+    if script is None or not script.is_file():
+        raise FileNotFoundError(f"{script or 'benchmarks/merge_cost.py'} not found: the benchmark ships with the "
+                                "source checkout, not the wheel")
     spec = importlib.util.spec_from_file_location("merge_cost", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -16,7 +16,7 @@ with every method of the registry, score each merged backbone with every task's 
   and :func:`~swudi_lab.evaluate.cross_effect`): the share of task t's gain that ``tau_t / N`` keeps
   (what averaging can keep at best) and what ``tau_s`` alone does to every other task.
 
-Seeds are aggregated as mean ± std. Outputs (``results/demo/``): ``summary.json``
+Seeds are aggregated as mean ± std. Outputs (``results/demo/``, ``$SWUDI_LAB_RESULTS/demo``): ``summary.json``
 (``{"methods": {label: {"avg_acc", "norm_acc", "per_task", "seconds", "peak_mb", ...}},
 "experts": ..., "base": ..., "sweeps": ..., "disentanglement": ...}``), ``summary.csv`` and ``report.html`` (plotly).
 """
@@ -33,8 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from .config.presets import PAPER, ZOO_MATCHED
+from .config import paths
 from .evaluate import (average_accuracy, cross_effect, evaluate_backbone, mean_std, measure, normalized_accuracy,
                        own_response, recovered_gain)
+from .files import atomic_open, atomic_write_text
 from .merge import METHODS, merge
 from .merge.engine import iter_layer_problems
 from .merge.sweep import filter_sweep, per_layer
@@ -143,11 +145,10 @@ def run_seed(seed: int, *, device="cpu", quick: bool = False, progress: bool = T
     is the shipped offline zoo (or pass an opened ``zoo``). ``quick`` scores on 300 test images per task and runs short sweeps (a smoke run).
     """
     from .zoo import build_zoo
-    from .zoo.build import ZOO_ROOT
 
     t_start = time.perf_counter()
     if zoo is None:
-        zoo = build_zoo(root=zoo_root or ZOO_ROOT, seed=seed, config=config, progress=progress)
+        zoo = build_zoo(root=zoo_root, seed=seed, config=config, progress=progress)
     base = zoo.base_state_dict()
     experts = {t: zoo.expert_state_dict(t) for t in zoo.tasks}
     data = zoo.test_data(max_per_task=300 if quick else None)
@@ -290,7 +291,7 @@ def format_table(summary: dict) -> str:
 
 def write_csv(summary: dict, path: Path) -> None:
     tasks = summary["tasks"]
-    with open(path, "w", newline="") as fh:
+    with atomic_open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["method", "setting", "avg_acc", "avg_acc_std", "norm_acc", "norm_acc_std", "seconds", "peak_mb"]
                    + tasks)
@@ -311,9 +312,7 @@ def _cached_seed(seed: int, cache: Path, key: str, fresh: bool = False, **kw) ->
             return cached["result"]
     result = run_seed(seed, **kw)
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"cache_key": key, "result": result}))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps({"cache_key": key, "result": result}))
     return result
 
 
@@ -331,30 +330,30 @@ def _cache_key(zoo, quick: bool, device) -> str:
     return hashlib.sha256((manifest + repr(settings)).encode()).hexdigest()
 
 
-def run_demo(seeds=(0, 1, 2), *, out_dir="results/demo", device="cpu", quick: bool = False,
+def run_demo(seeds=(0, 1, 2), *, out_dir=None, device="cpu", quick: bool = False,
              progress: bool = True, log=print, zoo_root=None, config=None, fresh: bool = False) -> dict:
-    """Run every seed, aggregate, print the table and write summary.json, summary.csv, report.html.
+    """Run every seed, aggregate, print the table and write summary.json, summary.csv, report.html
+    into ``out_dir`` (default: :func:`~swudi_lab.config.paths.demo_results_dir`, ``results/demo``).
 
     Each seed's results are cached in ``<out_dir>/seeds/`` keyed by the zoo's manifest and the
     demo settings, so adding a seed or re-running reuses the others (``fresh=True`` recomputes).
     """
     if not seeds:
         raise ValueError("seeds is empty: give at least one expert seed")
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir) if out_dir is not None else paths.demo_results_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     from .zoo import build_zoo
-    from .zoo.build import ZOO_ROOT
 
     per_seed = []
     for s in seeds:
-        zoo = build_zoo(root=zoo_root or ZOO_ROOT, seed=s, config=config, progress=progress)  # built or verified once
+        zoo = build_zoo(root=zoo_root, seed=s, config=config, progress=progress)  # built or verified once
         kw = dict(device=device, quick=quick, progress=progress, log=log, zoo=zoo)
         per_seed.append(_cached_seed(s, out_dir / "seeds", _cache_key(zoo, quick, device), fresh=fresh, **kw))
     summary = aggregate(per_seed)
     summary["device"] = str(device)
     summary["quick"] = quick
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    (out_dir / "per_seed.json").write_text(json.dumps(per_seed, indent=1))
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1))
+    atomic_write_text(out_dir / "per_seed.json", json.dumps(per_seed, indent=1))
     write_csv(summary, out_dir / "summary.csv")
     from .report_html import write_report
 

@@ -26,8 +26,13 @@ A third one separates what a backbone *knows* from what its fixed heads *read*:
   It uses task data, so it is a diagnostic, never a merge: a merge whose probe accuracy is high
   but whose head accuracy is low kept the features and lost their alignment with the heads.
 
-Reference rows: the base backbone with the task heads (``zoo.base``) and each expert on its own
-task (``expert_accuracies``).
+Images reach a backbone through :func:`to_tensor` (uint8 ``(N, H, W, 3)`` -> normalized float
+``(N, 3, H, W)``) and :func:`features` (a backbone's features of a batch of images); the zoo trains
+with the same two. This module reads a zoo only through the object passed in (``zoo.heads``,
+``zoo.make_backbone()``, ``zoo.test_data()``, ``zoo.manifest``): it imports nothing above it.
+
+Reference rows: the base backbone with the task heads and each expert on its own task
+(a zoo's ``manifest["accuracy"]``, ``zoo.expert_accuracy``).
 
 ``measure(device)`` is the one timing / peak-memory helper the whole project uses::
 
@@ -60,8 +65,9 @@ from .merge.io import load_state_dict  # safetensors, or torch.load(weights_only
 __all__ = [
     "Measurement",
     "measure",
+    "to_tensor",
+    "features",
     "evaluate_backbone",
-    "evaluate_experts",
     "average_accuracy",
     "normalized_accuracy",
     "recovered_gain",
@@ -71,8 +77,6 @@ __all__ = [
     "ridge_probe",
     "probe_accuracy",
     "mean_std",
-    "reference_rows",
-    "summarize_seeds",
 ]
 
 
@@ -172,6 +176,37 @@ def measure(device: str | torch.device = "cpu") -> Iterator[Measurement]:
             m.exact_peak = False
 
 
+# ----------------------------------------------------------------------------- images and features
+
+MEAN, STD = 0.5, 0.25  # the zoo's input normalization: (x / 255 - MEAN) / STD
+
+
+def to_tensor(x) -> torch.Tensor:
+    """uint8 ``(N, H, W, 3)`` -> float32 ``(N, 3, H, W)`` normalized as ``(x/255 - 0.5)/0.25``."""
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.array(x, copy=not x.flags.writeable or not x.flags.c_contiguous))
+    if x.dtype == torch.uint8:
+        x = x.float().div_(255.0)
+    else:
+        x = x.float()
+    if x.ndim == 4 and x.shape[-1] == 3 and x.shape[1] != 3:
+        x = x.permute(0, 3, 1, 2)
+    return ((x - MEAN) / STD).contiguous()
+
+
+@torch.no_grad()
+def features(backbone: torch.nn.Module, x, device="cpu", batch_size: int = 500) -> torch.Tensor:
+    """Backbone features ``(N, D)`` of uint8 images ``(N, H, W, 3)`` (eval mode, float32, on CPU)."""
+    was = backbone.training
+    backbone.eval()
+    out = []
+    xt = to_tensor(x)
+    for i in range(0, len(xt), batch_size):
+        out.append(backbone(xt[i : i + batch_size].to(device)).float().cpu())
+    backbone.train(was)
+    return torch.cat(out)
+
+
 # ----------------------------------------------------------------------------- accuracy
 
 
@@ -185,15 +220,13 @@ def _resolve_backbone(backbone_or_state_dict, zoo_or_heads, device):
             "evaluate_backbone expects an nn.Module, a state dict or a safetensors path, "
             f"got {type(backbone_or_state_dict).__name__}"
         )
-    config = getattr(zoo_or_heads, "config", None)
-    if config is None:
+    make_backbone = getattr(zoo_or_heads, "make_backbone", None)
+    if make_backbone is None:
         raise ValueError(
-            "a state dict needs a Zoo (for its backbone config) as `zoo_or_heads`; "
+            "a state dict needs a Zoo (its make_backbone() builds the backbone) as `zoo_or_heads`; "
             "with a plain heads dict pass an nn.Module backbone instead"
         )
-    from swudi_lab.zoo.model import make_backbone
-
-    model = make_backbone(config)
+    model = make_backbone()
     missing, unexpected = model.load_state_dict(dict(backbone_or_state_dict), strict=False)
     if missing or unexpected:
         raise ValueError(f"state dict does not fit the zoo backbone: missing {missing[:5]}, unexpected {unexpected[:5]}")
@@ -225,14 +258,11 @@ def _input_size(model: torch.nn.Module) -> tuple[int, int] | None:
 
 
 def _tasks_split(tasks_data, task):
-    """Accept task -> (x, y), task -> TaskData (with .test_x/.test_y or .x/.y), or a Zoo."""
+    """``tasks_data[task]`` as ``(images, labels)``."""
     d = tasks_data[task]
-    if isinstance(d, (tuple, list)):
+    if isinstance(d, (tuple, list)) and len(d) == 2:
         return d[0], d[1]
-    for xs, ys in (("test_x", "test_y"), ("x", "y")):
-        if hasattr(d, xs):
-            return getattr(d, xs), getattr(d, ys)
-    raise TypeError(f"task {task!r}: test data must be (images, labels) or have .test_x/.test_y")
+    raise TypeError(f"task {task!r}: data must be a pair (images, labels), got {type(d).__name__}")
 
 
 @torch.no_grad()
@@ -249,10 +279,10 @@ def evaluate_backbone(
     Parameters
     ----------
     backbone_or_state_dict : nn.Module (features ``(B, D)``), a backbone state dict, or a path
-        to a safetensors file. State dicts need a Zoo as ``zoo_or_heads`` (for the config).
+        to a safetensors file. State dicts need a Zoo as ``zoo_or_heads`` (its ``make_backbone()``).
     zoo_or_heads : a Zoo (uses ``zoo.heads``) or a dict ``task -> (weight (K, D), bias (K,) | None)``.
-    tasks_data : dict ``task -> (x uint8/float (M, H, W, 3) or (M, 3, H, W), y (M,))`` or objects with
-        ``.test_x/.test_y``; default: ``zoo.test_data()``.
+    tasks_data : dict ``task -> (x uint8/float (M, H, W, 3) or (M, 3, H, W), y (M,))``; default:
+        ``zoo.test_data()``.
     tasks : subset/order of tasks (default: all tasks with data).
 
     Raises ValueError when a head's class count does not match the task's labels, when the
@@ -266,8 +296,6 @@ def evaluate_backbone(
         tasks_data = zoo_or_heads.test_data()
     model = _resolve_backbone(backbone_or_state_dict, zoo_or_heads, device)
     heads = _resolve_heads(zoo_or_heads)
-    from swudi_lab.zoo.tasks import to_tensor
-
     was_training = model.training
     model.eval()
     order = list(tasks) if tasks is not None else list(tasks_data.keys())
@@ -279,51 +307,59 @@ def evaluate_backbone(
                 raise ValueError(f"no head for task {task!r} (heads for: {sorted(heads)})")
             x, y = _tasks_split(tasks_data, task)
             y = torch.as_tensor(np.array(y) if not torch.is_tensor(y) else y).long()
-            w, b = heads[task]
-            w = w.to(device=device, dtype=torch.float32)
-            b = None if b is None else b.to(device=device, dtype=torch.float32)
-            n_cls = int(y.max()) + 1 if y.numel() else 0
-            if w.ndim != 2:
-                raise ValueError(f"task {task!r}: head weight must be 2-D (classes, features), got shape {tuple(w.shape)}")
-            if n_cls > w.shape[0]:
-                raise ValueError(
-                    f"task {task!r}: head has {w.shape[0]} classes but the labels go up to {n_cls - 1} "
-                    f"({n_cls} classes) -- wrong head for this task?"
-                )
-            if b is not None and b.shape != (w.shape[0],):
-                raise ValueError(f"task {task!r}: head bias shape {tuple(b.shape)} does not match weight {tuple(w.shape)}")
-            xt = to_tensor(x) if not (torch.is_tensor(x) and x.is_floating_point() and x.ndim == 4 and x.shape[1] == 3) else x
-            if xt.ndim != 4 or xt.shape[1] != 3:
-                raise ValueError(f"task {task!r}: images must be (M, H, W, 3) or (M, 3, H, W), got {tuple(x.shape)}")
-            if size is not None and tuple(xt.shape[-2:]) != size:
-                raise ValueError(
-                    f"task {task!r}: images are {tuple(xt.shape[-2:])} but the backbone expects {size}"
-                )
-            correct = 0
-            for i in range(0, len(y), batch_size):
-                feats = model(xt[i : i + batch_size].to(device))
-                if feats.ndim != 2 or feats.shape[1] != w.shape[1]:
-                    raise ValueError(
-                        f"task {task!r}: backbone features have shape {tuple(feats.shape)} but the head expects "
-                        f"{w.shape[1]} features"
-                    )
-                logits = feats.float() @ w.T
-                if b is not None:
-                    logits = logits + b
-                correct += int((logits.argmax(1).cpu() == y[i : i + batch_size]).sum())
-            results[task] = 100.0 * correct / max(1, len(y))
+            w, b = _task_head(heads, task, y, device)
+            results[task] = _top1(model, _task_images(x, task, size), y, w, b, task, device, batch_size)
     finally:
         model.train(was_training)
     return results
 
 
-def evaluate_experts(zoo, device: str | torch.device = "cpu", batch_size: int = 500) -> dict[str, float]:
-    """Reference row: each expert on its own task (percent)."""
-    data = zoo.test_data()
-    out = {}
-    for task in zoo.tasks:
-        out[task] = evaluate_backbone(zoo.expert_state_dict(task), zoo, {task: data[task]}, device, batch_size)[task]
-    return out
+def _task_head(heads, task: str, y: torch.Tensor, device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``heads[task]`` as float32 on ``device``, checked against the labels ``y``."""
+    w, b = heads[task]
+    w = w.to(device=device, dtype=torch.float32)
+    b = None if b is None else b.to(device=device, dtype=torch.float32)
+    n_cls = int(y.max()) + 1 if y.numel() else 0
+    if w.ndim != 2:
+        raise ValueError(f"task {task!r}: head weight must be 2-D (classes, features), got shape {tuple(w.shape)}")
+    if n_cls > w.shape[0]:
+        raise ValueError(
+            f"task {task!r}: head has {w.shape[0]} classes but the labels go up to {n_cls - 1} "
+            f"({n_cls} classes) -- wrong head for this task?"
+        )
+    if b is not None and b.shape != (w.shape[0],):
+        raise ValueError(f"task {task!r}: head bias shape {tuple(b.shape)} does not match weight {tuple(w.shape)}")
+    return w, b
+
+
+def _task_images(x, task: str, size: tuple[int, int] | None) -> torch.Tensor:
+    """A task's images as the backbone's float ``(M, 3, H, W)`` input (converted unless they already are)."""
+    xt = to_tensor(x) if not (torch.is_tensor(x) and x.is_floating_point() and x.ndim == 4 and x.shape[1] == 3) else x
+    if xt.ndim != 4 or xt.shape[1] != 3:
+        raise ValueError(f"task {task!r}: images must be (M, H, W, 3) or (M, 3, H, W), got {tuple(x.shape)}")
+    if size is not None and tuple(xt.shape[-2:]) != size:
+        raise ValueError(
+            f"task {task!r}: images are {tuple(xt.shape[-2:])} but the backbone expects {size}"
+        )
+    return xt
+
+
+def _top1(model, xt: torch.Tensor, y: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, task: str, device,
+          batch_size: int) -> float:
+    """Top-1 accuracy (percent) of ``features @ w.T + b`` in batches of ``batch_size``."""
+    correct = 0
+    for i in range(0, len(y), batch_size):
+        feats = model(xt[i : i + batch_size].to(device))
+        if feats.ndim != 2 or feats.shape[1] != w.shape[1]:
+            raise ValueError(
+                f"task {task!r}: backbone features have shape {tuple(feats.shape)} but the head expects "
+                f"{w.shape[1]} features"
+            )
+        logits = feats.float() @ w.T
+        if b is not None:
+            logits = logits + b
+        correct += int((logits.argmax(1).cpu() == y[i : i + batch_size]).sum())
+    return 100.0 * correct / max(1, len(y))
 
 
 def own_response(base: Mapping[str, torch.Tensor], experts: Mapping[str, Mapping[str, torch.Tensor]], zoo, tasks_data,
@@ -403,8 +439,6 @@ def probe_accuracy(backbone_or_state_dict, zoo, train_data: Mapping, test_data: 
     features of this backbone and scored on ``test_data[t]``'s (every task of ``test_data``; classes
     ``0..max label``). ``zoo`` supplies the backbone config of a state dict (``None`` with an
     ``nn.Module``); data as in :func:`evaluate_backbone` (``task -> (x uint8 (M, H, W, 3), y)``)."""
-    from swudi_lab.zoo.train import features
-
     model = _resolve_backbone(backbone_or_state_dict, zoo, torch.device(device))
     out = {}
     for t in test_data:
@@ -446,30 +480,3 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     if len(vals) < 2:
         return mu, 0.0
     return mu, math.sqrt(sum((v - mu) ** 2 for v in vals) / (len(vals) - 1))
-
-
-def reference_rows(zoo) -> dict[str, dict[str, float]]:
-    """The two reference rows of a zoo: ``{"base": base-with-heads, "experts": each expert on its task}``."""
-    return {"base": dict(zoo.manifest["accuracy"]["base"]), "experts": dict(zoo.manifest["accuracy"]["expert"])}
-
-
-def summarize_seeds(runs: Mapping[str, Sequence[Mapping[str, float]]],
-                    experts: Sequence[Mapping[str, float]] | None = None) -> dict[str, dict]:
-    """Mean +- std over expert seeds of each method's average (and normalized) accuracy.
-
-    ``runs``: ``method -> [acc dict of seed 0, acc dict of seed 1, ...]``; ``experts``: the expert
-    reference row of each seed (same order), for normalized accuracy. Returns
-    ``method -> {"avg": (mean, std), "norm": (mean, std) | None, "per_task": {task: (mean, std)}, "n": seeds}``.
-    """
-    out = {}
-    for method, accs in runs.items():
-        accs = list(accs)
-        avg = mean_std([average_accuracy(a) for a in accs])
-        norm = None
-        if experts is not None:
-            if len(experts) != len(accs):
-                raise ValueError(f"{method}: {len(accs)} runs but {len(experts)} expert rows")
-            norm = mean_std([normalized_accuracy(a, e) for a, e in zip(accs, experts)])
-        tasks = list(accs[0]) if accs else []
-        out[method] = {"avg": avg, "norm": norm, "per_task": {t: mean_std([a[t] for a in accs]) for t in tasks}, "n": len(accs)}
-    return out

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .evaluate import average_accuracy
+from .files import atomic_write_text
 from .viz import (
     accuracy_bar_figure,
     accuracy_curve_figure,
@@ -85,7 +86,4 @@ def write_report(per_seed: list[dict], path, *, table: str = "") -> Path:
         parts.append(f"<h2>{html.escape(title)}</h2>")
         parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0), auto_play=False))
     parts.append("</body></html>")
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("\n".join(parts))
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, "\n".join(parts))

@@ -121,7 +121,8 @@ def test_zoo_build_on_another_base_is_a_variant_checked_before_any_work(tmp_path
 
     from swudi_lab.cli import _zoo_config, main
     from swudi_lab.zoo import ZooConfig
-    from swudi_lab.zoo.build import DATA_DIR, DEFAULT_PRETRAINED
+    from swudi_lab.config import paths
+    from swudi_lab.zoo.build import DEFAULT_PRETRAINED
 
     out = tmp_path / "zoo"
     assert main(["zoo", "build", "--root", str(out), "--pretrained", str(tmp_path / "none.safetensors")]) != 0
@@ -133,7 +134,7 @@ def test_zoo_build_on_another_base_is_a_variant_checked_before_any_work(tmp_path
     assert "positive" in capsys.readouterr().err
     assert not out.exists() and not pre.exists()  # nothing was built or pretrained
     for suffix in (".safetensors", ".json"):
-        shutil.copy(DATA_DIR / "pretrained" / f"{DEFAULT_PRETRAINED}{suffix}", tmp_path / f"other{suffix}")
+        shutil.copy(paths.pretrained_dir() / f"{DEFAULT_PRETRAINED}{suffix}", tmp_path / f"other{suffix}")
     ns = dict(root=str(out), lr=None, steps=None, head_scale=None, trainable=None, head=None)
     variant = _zoo_config(argparse.Namespace(**ns, pretrained=str(tmp_path / "other.safetensors")))
     default = ZooConfig()

@@ -11,8 +11,8 @@ from safetensors.torch import load_file, save_file
 import swudi_lab  # noqa: F401
 from swudi_lab.evaluate import average_accuracy, evaluate_backbone, normalized_accuracy, recovered_gain
 from swudi_lab.merge import merge
+from swudi_lab.config import paths
 from swudi_lab.zoo import (
-    DATA_DIR,
     TASK_CLASSES,
     TASKS,
     ZooCacheError,
@@ -153,7 +153,7 @@ def test_stale_cache_with_another_config_is_not_used(micro):
 
 def _fake_pretrained(tmp_path, config, good_hash=True, seed=7):
     """Write ``fake_base.safetensors`` (random init ``seed``) and its recipe json; return the weights' path."""
-    from swudi_lab.zoo.build import sha256_file
+    from swudi_lab.files import sha256_file
 
     sd = {k: v.contiguous() for k, v in make_backbone(config.backbone, seed=seed).state_dict().items()}
     w = tmp_path / "fake_base.safetensors"
@@ -239,13 +239,13 @@ def test_online_recipe_with_offline_stand_ins(tmp_path, monkeypatch):
 
 
 def test_shipped_seed0_release_is_intact(tmp_path):
-    rel = DATA_DIR / "zoo_release" / "seed0"
+    rel = paths.release_dir() / "seed0"
     if not (rel / "manifest.json").exists():
         pytest.skip("no shipped release pack")
     zoo = load_zoo(tmp_path, 0)  # materializes from the shipped pack and verifies every hash
     m = zoo.manifest
     assert len(zoo.tasks) == 8 and set(m["targets"]) >= {"avg_gain", "mean_ratio", "gain_met", "ratio_met", "merge_met"}
-    assert m["pretrained"]["sha256"] == json.loads((DATA_DIR / "pretrained" / f"{m['pretrained']['name']}.json").read_text())["sha256"]
+    assert m["pretrained"]["sha256"] == json.loads((paths.pretrained_dir() / f"{m['pretrained']['name']}.json").read_text())["sha256"]
     assert m["config_key"] == ZooConfig().key()  # the default recipe is the shipped one (new options keep old keys)
 
 
@@ -267,7 +267,7 @@ def test_attention_only_finetuning_moves_only_the_attention_projections():
 
 
 def _shipped_targets() -> dict:
-    rel = DATA_DIR / "zoo_release" / "seed0" / "manifest.json"
+    rel = paths.release_dir() / "seed0" / "manifest.json"
     if not rel.exists():
         pytest.skip("no shipped release pack")
     return json.loads(rel.read_text())["targets"]

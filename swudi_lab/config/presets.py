@@ -16,7 +16,7 @@ that names its reference width ``d_in`` and expert count ``n_experts`` gives its
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 

@@ -17,7 +17,7 @@ EXTRA_HINT = 'pip install "swudi_lab[hub]"'
 
 def require(module: str):
     """Import ``module`` (a package of the ``[hub]`` extra) or raise a one-line ``ImportError`` naming the extra."""
-    import swudi_lab  # noqa: F401  (the torchvision shim acts before transformers imports torchvision)
+    import swudi_lab.torchvision_compat  # noqa: F401  (acts before transformers imports torchvision)
 
     try:
         return importlib.import_module(module)

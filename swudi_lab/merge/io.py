@@ -28,11 +28,12 @@ import json
 import os
 import pickle
 import struct
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 import torch
+
+from ..files import AtomicFile
 
 __all__ = [
     "Checkpoint",
@@ -43,7 +44,6 @@ __all__ = [
     "load_timm",
     "SafetensorsWriter",
     "save_safetensors",
-    "atomic_write_text",
 ]
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -212,7 +212,7 @@ def load_timm(name: str, weights: str | os.PathLike | None = None, *, pretrained
     (network; optional, for Colab). ``kwargs`` go to ``timm.create_model``; ``num_classes``
     defaults to the class count of the file's classifier (``head.weight`` etc.), if it has one.
     """
-    import swudi_lab  # noqa: F401  (torchvision shim before timm)
+    import swudi_lab.torchvision_compat  # noqa: F401  (torchvision shim before timm)
     import timm
 
     if weights is None:
@@ -321,9 +321,8 @@ class SafetensorsWriter:
         blob = json.dumps(header, separators=(",", ":")).encode()
         blob += b" " * (-len(blob) % 8)
         self._next = 0
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        self._fh = os.fdopen(fd, "wb")
+        self._file = AtomicFile(self.path)
+        self._fh = open(self._file.tmp, "wb")
         self._fh.write(struct.pack("<Q", len(blob)) + blob)
 
     def write(self, key: str, tensor: torch.Tensor) -> None:
@@ -344,18 +343,14 @@ class SafetensorsWriter:
         if self._next != len(self.order):
             self.abort()
             raise ValueError(f"SafetensorsWriter: only {self._next} of {len(self.order)} tensors written to {self.path}")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
         self._fh.close()
-        os.chmod(self._tmp, 0o644)
-        os.replace(self._tmp, self.path)
+        self._file.commit()
 
     def abort(self) -> None:
         """Remove the temporary file; ``path`` is left as it was."""
         if not self._fh.closed:
             self._fh.close()
-        if os.path.exists(self._tmp):
-            os.unlink(self._tmp)
+        self._file.abort()
 
     def __enter__(self) -> "SafetensorsWriter":
         return self
@@ -375,21 +370,3 @@ def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | os.Path
         for k in w.order:
             w.write(k, state_dict[k])
     return Path(path)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-

@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .io import atomic_write_text
+from ..files import atomic_write_text
 
 __all__ = ["MergeReport", "COLUMNS"]
 

@@ -1,6 +1,7 @@
 """Build, cache, verify and ship the expert zoo.
 
-Layout written by :func:`build_zoo` (``root`` defaults to ``data/zoo``, git-ignored)::
+Layout written by :func:`build_zoo` (``root`` defaults to :func:`swudi_lab.config.paths.zoo_dir`:
+``$SWUDI_LAB_CACHE``, else the checkout's ``data/zoo``, git-ignored)::
 
     <root>/seed<k>/base.safetensors            backbone state dict of the pretrained base (float32)
     <root>/seed<k>/experts/<task>.safetensors  fine-tuned backbones, W_i = W_0 + tau_i (float32)
@@ -25,7 +26,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -35,13 +35,17 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..config import paths
+from ..config.presets import ZOO_MATCHED
+from ..evaluate import average_accuracy, evaluate_backbone, normalized_accuracy, recovered_gain
+from ..files import atomic_dir, atomic_path, atomic_write_text, sha256_file
+from ..merge import merge
 from .model import BackboneConfig, make_backbone
 from .tasks import TASK_CLASSES, TASKS
 from .tasks import make_split as _offline_split
 from .train import FinetuneRecipe, PretrainRecipe, finetune, pretrain, prototype_heads, task_vector_ratio
 
 __all__ = [
-    "DATA_DIR",
     "DEFAULT_PRETRAINED",
     "ZooConfig",
     "Zoo",
@@ -51,14 +55,11 @@ __all__ = [
     "write_release",
     "build_pretrained",
     "task_split",
-    "sha256_file",
     "TARGET_MIN_GAIN",
     "TARGET_RATIO",
     "TARGET_MIN_RECOVERED",
 ]
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "data"
-ZOO_ROOT = DATA_DIR / "zoo"  # default cache, independent of the current directory
 DEFAULT_PRETRAINED = "vit_p4_w128_d4_mix48_gpu"
 FORMAT = "swudi_lab.zoo/1"
 TARGET_MIN_GAIN = 30.0  # points, experts over base-with-heads, averaged over tasks
@@ -70,28 +71,13 @@ class ZooCacheError(RuntimeError):
     """A zoo directory, release pack or shipped base is missing, partial, stale or corrupted."""
 
 
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _write_json(obj, path: Path) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=False, default=float) + "\n")
 
 
-def _atomic_json(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=False, default=float)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _atomic_save(tensors: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, path)
+def _save_tensors(tensors: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata={"format": "pt"})
 
 
 # ----------------------------------------------------------------------------- task sources
@@ -119,9 +105,9 @@ def n_classes(config, task: str) -> int:
 
 @dataclass(frozen=True)
 class ZooConfig:
-    """Everything that determines a zoo (with the seed). ``pretrained``: name in
-    ``data/pretrained/``, a path to a ``.safetensors`` file (its recipe ``.json`` beside it), or
-    ``None`` for a randomly initialized base (micro zoos in tests)."""
+    """Everything that determines a zoo (with the seed). ``pretrained``: name in ``<data>/pretrained/``
+    (:func:`~swudi_lab.config.paths.pretrained_dir`), a path to a ``.safetensors`` file (its recipe
+    ``.json`` beside it), or ``None`` for a randomly initialized base (micro zoos in tests)."""
 
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     tasks: tuple = TASKS
@@ -243,10 +229,6 @@ class Zoo:
     def expert_accuracy(self) -> dict[str, float]:
         return dict(self.manifest["accuracy"]["expert"])
 
-    @property
-    def base_accuracy(self) -> dict[str, float]:
-        return dict(self.manifest["accuracy"]["base"])
-
 
 # ----------------------------------------------------------------------------- verification
 
@@ -290,20 +272,20 @@ def _seed_dir(root, seed: int) -> Path:
     return Path(root) / f"seed{int(seed)}"
 
 
-def load_zoo(root=ZOO_ROOT, seed: int = 0, verify: bool = True, config: ZooConfig | None = None,
-             release_root=None) -> Zoo:
-    """Open the zoo of ``seed`` under ``root``, verifying every file's sha256.
+def load_zoo(root=None, seed: int = 0, config: ZooConfig | None = None, release_root=None) -> Zoo:
+    """Open the zoo of ``seed`` under ``root`` (default: :func:`~swudi_lab.config.paths.zoo_dir`),
+    verifying every file's sha256.
 
-    If the cache is absent and a release pack exists (``data/zoo_release/seed<k>``, default
-    ``release_root``), the float32 experts are materialized from it first (and verified).
+    If the cache is absent and a release pack exists (``<data>/zoo_release/seed<k>``, default
+    ``release_root``: :func:`~swudi_lab.config.paths.release_dir`), the float32 experts are materialized from it first (and verified).
     Raises :class:`ZooCacheError` on a missing, partial, corrupted or (with ``config``) stale cache.
     The release pack is used only for a directory that does not exist yet (or is empty) and, when
     ``config`` is given, only if it was built with that config.
     """
-    d = _seed_dir(root, seed)
+    d = _seed_dir(root if root is not None else paths.zoo_dir(), seed)
     fresh = not d.exists() or not any(d.iterdir())  # a partial directory is reported, never overwritten here
     if fresh:
-        rel = _seed_dir(release_root if release_root is not None else DATA_DIR / "zoo_release", seed)
+        rel = _seed_dir(release_root if release_root is not None else paths.release_dir(), seed)
         if (rel / "manifest.json").exists():
             try:
                 rel_key = json.loads((rel / "manifest.json").read_text()).get("config_key")
@@ -311,13 +293,7 @@ def load_zoo(root=ZOO_ROOT, seed: int = 0, verify: bool = True, config: ZooConfi
                 raise ZooCacheError(f"release pack {rel}: unreadable manifest ({e})") from e
             if config is None or config.key() == rel_key:
                 materialize_release(rel, d)
-    if verify:
-        manifest = _verify_dir(d, config)
-    else:
-        if not (d / "manifest.json").is_file():
-            raise ZooCacheError(f"zoo cache {d}: manifest.json is missing")
-        manifest = json.loads((d / "manifest.json").read_text())
-    return Zoo(d, manifest)
+    return Zoo(d, _verify_dir(d, config))
 
 
 # ----------------------------------------------------------------------------- pretrained base
@@ -327,7 +303,8 @@ def _pretrained_paths(pretrained: str) -> tuple[Path, Path]:
     p = Path(pretrained)
     if p.suffix == ".safetensors":
         return p, p.with_suffix(".json")
-    return DATA_DIR / "pretrained" / f"{pretrained}.safetensors", DATA_DIR / "pretrained" / f"{pretrained}.json"
+    d = paths.pretrained_dir()
+    return d / f"{pretrained}.safetensors", d / f"{pretrained}.json"
 
 
 def load_pretrained(pretrained: str) -> tuple[dict, dict]:
@@ -355,12 +332,12 @@ def build_pretrained(name: str = DEFAULT_PRETRAINED, recipe: PretrainRecipe = Pr
 
     The json holds the exact recipe, the backbone config, sha256, validation accuracy and seconds.
     """
-    out = Path(out_dir) if out_dir is not None else DATA_DIR / "pretrained"
+    out = Path(out_dir) if out_dir is not None else paths.pretrained_dir()
     state, info = pretrain(recipe, config, device=device, log_file=log_file, progress=progress)
     wpath = out / f"{name}.safetensors"
-    _atomic_save(state, wpath)
+    _save_tensors(state, wpath)
     info = {"name": name, "sha256": sha256_file(wpath), "bytes": wpath.stat().st_size, **info}
-    _atomic_json(info, out / f"{name}.json")
+    _write_json(info, out / f"{name}.json")
     return info
 
 
@@ -375,8 +352,6 @@ def _round_tau(base: dict, expert: dict, dtype: str) -> tuple[dict, dict]:
 
 
 def _evaluate(backbone_state, make, heads, data, tasks, device="cpu") -> dict:
-    from swudi_lab.evaluate import evaluate_backbone
-
     m = make()
     m.load_state_dict(backbone_state)
     return evaluate_backbone(m, heads, {t: data[t] for t in tasks}, tasks=tasks, device=device)
@@ -388,11 +363,8 @@ def _merge_check(base, experts, make, heads, data, tasks, base_acc, expert_acc, 
     Returns ``label -> {"method", "params", "avg_acc", "norm_acc", "recovered", "per_task"}``
     (``recovered``: share of the experts' gain kept, :func:`~swudi_lab.evaluate.recovered_gain`).
     """
-    from swudi_lab.demo import PAPER_KAPPA_SWUDI  # here: the demo imports the zoo
-    from swudi_lab.evaluate import average_accuracy, normalized_accuracy, recovered_gain
-    from swudi_lab.merge import merge
-
-    runs = {f"swudi (kappa={PAPER_KAPPA_SWUDI:.3g})": ("swudi", {"kappa": PAPER_KAPPA_SWUDI}), "swudi_a": ("swudi_a", {})}
+    kappa = ZOO_MATCHED.params("swudi")["kappa"]  # the paper's kappa only: the manifest records exactly these runs
+    runs = {f"swudi (kappa={kappa:.3g})": ("swudi", {"kappa": kappa}), "swudi_a": ("swudi_a", {})}
     out = {}
     for label, (method, params) in runs.items():
         state = merge(base, experts, method, device=device, progress=False, **params).state_dict
@@ -403,7 +375,7 @@ def _merge_check(base, experts, make, heads, data, tasks, base_acc, expert_acc, 
     return out
 
 
-def build_zoo(root=ZOO_ROOT, seed: int = 0, config: ZooConfig | None = None, progress: bool = True,
+def build_zoo(root=None, seed: int = 0, config: ZooConfig | None = None, progress: bool = True,
               force: bool = False, device="cpu") -> Zoo:
     """Build (or reuse) the zoo of ``seed``: base, 8 experts, fixed heads, manifest.
 
@@ -421,12 +393,13 @@ def build_zoo(root=ZOO_ROOT, seed: int = 0, config: ZooConfig | None = None, pro
     share of the gain the best spectral merge keeps).
     """
     config = config or ZooConfig()
+    root = root if root is not None else paths.zoo_dir()
     d = _seed_dir(root, seed)
     if not force:
         try:
-            return load_zoo(root, seed, verify=True, config=config)
+            return load_zoo(root, seed, config=config)
         except ZooCacheError as e:
-            if (d / "manifest.json").exists() or d.exists():
+            if d.exists():
                 warnings.warn(f"{e}; rebuilding", stacklevel=2)
     threads_before = torch.get_num_threads()
     if config.threads:
@@ -438,128 +411,166 @@ def build_zoo(root=ZOO_ROOT, seed: int = 0, config: ZooConfig | None = None, pro
 
 
 def _build(root, seed, config, progress, device, d) -> Zoo:
+    """The build's steps, in order: base, data, heads, experts, merge check, targets, manifest."""
     t_start = time.time()
     say = (lambda msg: print(f"[zoo seed{seed} {time.time() - t_start:6.1f}s] {msg}", flush=True)) if progress else (lambda msg: None)
     make = lambda: make_backbone(config.backbone)  # noqa: E731
 
-    if config.pretrained is None:
-        base = {k: v.detach().float().cpu().clone().contiguous() for k, v in make_backbone(config.backbone, seed=1234).state_dict().items()}
-        hub = getattr(config.backbone, "name", None)
-        pre_info = {"name": hub, "sha256": None, "note": f"hub weights of {hub}" if hub else "random init (seed 1234)"}
-    else:
-        base, pre_info = load_pretrained(config.pretrained)
-        want = set(make().state_dict())
-        if set(base) != want:
-            raise ZooCacheError(f"pretrained base {config.pretrained!r} does not fit the backbone config {config.backbone}")
-    base_model = make()
-    base_model.load_state_dict(base)
-
+    base, pre_info = _base_weights(config, make)
     train = {t: task_split(config, t, "train") for t in config.tasks}
     test = {t: task_split(config, t, "test") for t in config.tasks}
     classes = {t: n_classes(config, t) for t in config.tasks}
     say(f"data ready ({len(config.tasks)} tasks x {config.n_train} train / {config.n_test} test)")
+    heads = _fit_heads(base, make, config, train, classes, device)
+    base_acc = _evaluate(base, make, heads, test, config.tasks, device)
+    say("base with heads: " + ", ".join(f"{t} {a:.1f}" for t, a in base_acc.items()))
 
+    with atomic_dir(d) as tmp:  # built beside the target, renamed into place only when complete
+        (tmp / "experts").mkdir(parents=True)
+        (tmp / "task_vectors").mkdir(parents=True)
+        _save_tensors(base, tmp / "base.safetensors")
+        _save_tensors({f"{t}.{n}": v for t in config.tasks for n, v in zip(("weight", "bias"), heads[t])}, tmp / "heads.safetensors")
+        experts, stats = _build_experts(tmp, seed, config, base, make, heads, train, test, base_acc, device, say)
+        merges = _merge_check(base, experts, make, heads, test, config.tasks, base_acc, stats["accuracy"], device)
+        say("merges of all experts: " + ", ".join(f"{k} {v['avg_acc']:.1f}% (keeps {v['recovered']:.0f}% of the gain)"
+                                                   for k, v in merges.items()))
+        gain = {t: stats["accuracy"][t] - base_acc[t] for t in config.tasks}
+        targets = _targets(gain, stats["ratio"], merges)
+        manifest = _manifest(tmp, seed, config, classes, pre_info, base_acc, stats, gain, merges, targets, t_start)
+        _write_json(manifest, tmp / "manifest.json")
+    say(f"done: base {_mean(base_acc):.1f}% -> experts {_mean(stats['accuracy']):.1f}% (gain {_mean(gain):+.1f}), "
+        f"tau/W {100 * _mean(stats['ratio']):.2f}%")
+    if config.check_targets:
+        _warn_missed_targets(seed, targets)
+    return load_zoo(root, seed, config=config)
+
+
+def _mean(values: dict) -> float:
+    return float(np.mean(list(values.values())))
+
+
+def _base_weights(config, make) -> tuple[dict, dict]:
+    """The base state dict and what the manifest records about it: the shipped base (hash-checked and
+    fitted to the backbone config), or a random init (seed 1234) / the hub weights when ``config.pretrained`` is None."""
+    if config.pretrained is None:
+        base = {k: v.detach().float().cpu().clone().contiguous() for k, v in make_backbone(config.backbone, seed=1234).state_dict().items()}
+        hub = getattr(config.backbone, "name", None)
+        return base, {"name": hub, "sha256": None, "note": f"hub weights of {hub}" if hub else "random init (seed 1234)"}
+    base, pre_info = load_pretrained(config.pretrained)
+    if set(base) != set(make().state_dict()):
+        raise ZooCacheError(f"pretrained base {config.pretrained!r} does not fit the backbone config {config.backbone}")
+    return base, pre_info
+
+
+def _fit_heads(base, make, config, train, classes, device) -> dict:
+    """The fixed heads ``task -> (weight, bias)``, fitted on the base's features of the first
+    ``prototype_images`` training images of each task."""
     rec = config.finetune
+    base_model = make()
+    base_model.load_state_dict(base)
     heads = {}
     for t in config.tasks:
         x, y = train[t]
         heads[t] = prototype_heads(base_model.to(device), x[: rec.prototype_images], y[: rec.prototype_images], classes[t],
                                    rec.head_scale, device=device, center=rec.head == "centered")
     base_model.cpu()
-    base_acc = _evaluate(base, make, heads, test, config.tasks, device)
-    say("base with heads: " + ", ".join(f"{t} {a:.1f}" for t, a in base_acc.items()))
+    return heads
 
-    Path(root).mkdir(parents=True, exist_ok=True)  # temp dir beside the target: os.replace stays on one filesystem
-    tmp = Path(tempfile.mkdtemp(prefix=f".seed{seed}-", dir=Path(root)))
-    try:
-        (tmp / "experts").mkdir(parents=True)
-        (tmp / "task_vectors").mkdir(parents=True)
-        _atomic_save(base, tmp / "base.safetensors")
-        _atomic_save({f"{t}.{n}": v for t in config.tasks for n, v in zip(("weight", "bias"), heads[t])}, tmp / "heads.safetensors")
-        expert_acc, ratio, ratio_all, seconds, experts = {}, {}, {}, {}, {}
-        for i, t in enumerate(config.tasks):
-            t0 = time.time()
-            x, y = train[t]
-            expert_seed = 1000 * int(seed) + i
-            ex = finetune(base, make, heads[t], x, y, rec, seed=expert_seed, device=device)
-            ex, tau = _round_tau(base, ex, config.tau_dtype)
-            experts[t] = ex
-            _atomic_save(ex, tmp / "experts" / f"{t}.safetensors")
-            _atomic_save(tau, tmp / "task_vectors" / f"{t}.safetensors")
-            expert_acc[t] = _evaluate(ex, make, heads, test, [t], device)[t]
-            ratio[t] = task_vector_ratio(base, ex, matrices_only=True)
-            ratio_all[t] = task_vector_ratio(base, ex, matrices_only=False)
-            seconds[t] = time.time() - t0
-            say(f"expert {t}: {expert_acc[t]:.1f}% (base {base_acc[t]:.1f}%), tau/W {100 * ratio[t]:.2f}%, {seconds[t]:.0f}s")
-        avg = lambda dct: float(np.mean(list(dct.values())))  # noqa: E731
-        gain = {t: expert_acc[t] - base_acc[t] for t in config.tasks}
-        merges = _merge_check(base, experts, make, heads, test, config.tasks, base_acc, expert_acc, device)
-        best = max(merges, key=lambda k: np.nan_to_num(merges[k]["recovered"], nan=-np.inf))
-        say("merges of all experts: " + ", ".join(f"{k} {v['avg_acc']:.1f}% (keeps {v['recovered']:.0f}% of the gain)"
-                                                   for k, v in merges.items()))
-        targets = {
-            "min_avg_gain": TARGET_MIN_GAIN,
-            "ratio_range": list(TARGET_RATIO),
-            "avg_gain": avg(gain),
-            "mean_ratio": avg(ratio),
-            "gain_met": avg(gain) >= TARGET_MIN_GAIN,
-            "ratio_met": TARGET_RATIO[0] <= avg(ratio) <= TARGET_RATIO[1],
-            "min_recovered": TARGET_MIN_RECOVERED,
-            "best_merge": best,
-            "best_recovered": merges[best]["recovered"],
-            "best_norm_acc": merges[best]["norm_acc"],
-            "merge_met": merges[best]["recovered"] >= TARGET_MIN_RECOVERED,
-        }
-        files = {"base.safetensors": sha256_file(tmp / "base.safetensors"), "heads.safetensors": sha256_file(tmp / "heads.safetensors")}
-        files.update({f"experts/{t}.safetensors": sha256_file(tmp / "experts" / f"{t}.safetensors") for t in config.tasks})
-        files.update({f"task_vectors/{t}.safetensors": sha256_file(tmp / "task_vectors" / f"{t}.safetensors") for t in config.tasks})
-        import timm
 
-        manifest = {
-            "format": FORMAT,
-            "seed": int(seed),
-            "expert_seeds": {t: 1000 * int(seed) + i for i, t in enumerate(config.tasks)},
-            "config": config.to_dict(),
-            "config_key": config.key(),
-            "tasks": list(config.tasks),
-            "n_classes": classes,
-            "pretrained": {k: pre_info.get(k) for k in ("name", "sha256", "val_accuracy", "seconds", "note") if k in pre_info},
-            "accuracy": {
-                "base": base_acc,
-                "expert": expert_acc,
-                "gain": gain,
-                "avg_base": avg(base_acc),
-                "avg_expert": avg(expert_acc),
-                "avg_gain": avg(gain),
-            },
-            "task_vector_ratio": ratio,
-            "task_vector_ratio_all_params": ratio_all,
-            "task_vector_ratio_mean": avg(ratio),
-            "merges": merges,
-            "targets": targets,
-            "seconds": {"experts": seconds, "total": time.time() - t_start},
-            "versions": {"torch": torch.__version__, "timm": timm.__version__},
-            "files": files,
-        }
-        _atomic_json(manifest, tmp / "manifest.json")
-        if d.exists():
-            shutil.rmtree(d)
-        d.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, d)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    say(f"done: base {avg(base_acc):.1f}% -> experts {avg(expert_acc):.1f}% (gain {avg(gain):+.1f}), tau/W {100 * avg(ratio):.2f}%")
+def _expert_seed(seed: int, i: int) -> int:
+    return 1000 * int(seed) + i
+
+
+def _build_experts(tmp, seed, config, base, make, heads, train, test, base_acc, device, say) -> tuple[dict, dict]:
+    """Fine-tune one expert per task (expert seed ``1000 seed + i``), round its task vector to
+    ``config.tau_dtype`` and write both into ``tmp``; score each expert on its own task.
+
+    Returns ``(experts, stats)``: the stored expert state dicts, and ``stats`` with the per-task
+    ``accuracy``, ``ratio`` (2-D matrices), ``ratio_all`` (every tensor) and ``seconds``.
+    """
+    experts, stats = {}, {"accuracy": {}, "ratio": {}, "ratio_all": {}, "seconds": {}}
+    for i, t in enumerate(config.tasks):
+        t0 = time.time()
+        x, y = train[t]
+        ex = finetune(base, make, heads[t], x, y, config.finetune, seed=_expert_seed(seed, i), device=device)
+        ex, tau = _round_tau(base, ex, config.tau_dtype)
+        experts[t] = ex
+        _save_tensors(ex, tmp / "experts" / f"{t}.safetensors")
+        _save_tensors(tau, tmp / "task_vectors" / f"{t}.safetensors")
+        stats["accuracy"][t] = _evaluate(ex, make, heads, test, [t], device)[t]
+        stats["ratio"][t] = task_vector_ratio(base, ex, matrices_only=True)
+        stats["ratio_all"][t] = task_vector_ratio(base, ex, matrices_only=False)
+        stats["seconds"][t] = time.time() - t0
+        say(f"expert {t}: {stats['accuracy'][t]:.1f}% (base {base_acc[t]:.1f}%), tau/W {100 * stats['ratio'][t]:.2f}%, "
+            f"{stats['seconds'][t]:.0f}s")
+    return experts, stats
+
+
+def _targets(gain: dict, ratio: dict, merges: dict) -> dict:
+    """The three targets (average gain, task-vector ratio, share of the gain the best spectral merge keeps)."""
+    best = max(merges, key=lambda k: np.nan_to_num(merges[k]["recovered"], nan=-np.inf))
+    return {
+        "min_avg_gain": TARGET_MIN_GAIN,
+        "ratio_range": list(TARGET_RATIO),
+        "avg_gain": _mean(gain),
+        "mean_ratio": _mean(ratio),
+        "gain_met": _mean(gain) >= TARGET_MIN_GAIN,
+        "ratio_met": TARGET_RATIO[0] <= _mean(ratio) <= TARGET_RATIO[1],
+        "min_recovered": TARGET_MIN_RECOVERED,
+        "best_merge": best,
+        "best_recovered": merges[best]["recovered"],
+        "best_norm_acc": merges[best]["norm_acc"],
+        "merge_met": merges[best]["recovered"] >= TARGET_MIN_RECOVERED,
+    }
+
+
+def _manifest(tmp, seed, config, classes, pre_info, base_acc, stats, gain, merges, targets, t_start) -> dict:
+    """The manifest of a build in ``tmp``: config, seeds, accuracies, ratios, merges, targets, file hashes."""
+    import timm
+
+    files = {"base.safetensors": sha256_file(tmp / "base.safetensors"), "heads.safetensors": sha256_file(tmp / "heads.safetensors")}
+    files.update({f"experts/{t}.safetensors": sha256_file(tmp / "experts" / f"{t}.safetensors") for t in config.tasks})
+    files.update({f"task_vectors/{t}.safetensors": sha256_file(tmp / "task_vectors" / f"{t}.safetensors") for t in config.tasks})
+    expert_acc = stats["accuracy"]
+    return {
+        "format": FORMAT,
+        "seed": int(seed),
+        "expert_seeds": {t: _expert_seed(seed, i) for i, t in enumerate(config.tasks)},
+        "config": config.to_dict(),
+        "config_key": config.key(),
+        "tasks": list(config.tasks),
+        "n_classes": classes,
+        "pretrained": {k: pre_info.get(k) for k in ("name", "sha256", "val_accuracy", "seconds", "note") if k in pre_info},
+        "accuracy": {
+            "base": base_acc,
+            "expert": expert_acc,
+            "gain": gain,
+            "avg_base": _mean(base_acc),
+            "avg_expert": _mean(expert_acc),
+            "avg_gain": _mean(gain),
+        },
+        "task_vector_ratio": stats["ratio"],
+        "task_vector_ratio_all_params": stats["ratio_all"],
+        "task_vector_ratio_mean": _mean(stats["ratio"]),
+        "merges": merges,
+        "targets": targets,
+        "seconds": {"experts": stats["seconds"], "total": time.time() - t_start},
+        "versions": {"torch": torch.__version__, "timm": timm.__version__},
+        "files": files,
+    }
+
+
+def _warn_missed_targets(seed, targets: dict) -> None:
     missed = [msg for met, msg in (
-        (targets["gain_met"], f"average gain {avg(gain):+.1f} (want >= {TARGET_MIN_GAIN})"),
-        (targets["ratio_met"], f"task-vector ratio {100 * avg(ratio):.2f}% "
+        (targets["gain_met"], f"average gain {targets['avg_gain']:+.1f} (want >= {TARGET_MIN_GAIN})"),
+        (targets["ratio_met"], f"task-vector ratio {100 * targets['mean_ratio']:.2f}% "
                                f"(want {100 * TARGET_RATIO[0]:.0f}-{100 * TARGET_RATIO[1]:.0f}%)"),
         (targets["merge_met"], f"best spectral merge keeps {targets['best_recovered']:.0f}% of the gain "
                                f"(want >= {TARGET_MIN_RECOVERED:.0f}%)"),
     ) if not met]
-    if config.check_targets and missed:
-        warnings.warn(f"zoo seed {seed} misses its targets: {'; '.join(missed)}", stacklevel=2)
-    return load_zoo(root, seed, verify=True, config=config)
+    if missed:
+        warnings.warn(f"zoo seed {seed} misses its targets: {'; '.join(missed)}", stacklevel=3)
+
 
 
 # ----------------------------------------------------------------------------- release pack
@@ -569,23 +580,24 @@ def write_release(zoo: Zoo, out_root=None) -> Path:
     """Write the compact release pack of a zoo: float16 task vectors + heads + manifest.
 
     ``<out_root>/seed<k>/{task_vectors/<task>.safetensors, heads.safetensors, manifest.json}``; the
-    base is the shipped ``data/pretrained`` file (referenced by hash, not copied). The manifest is
+    base is the shipped ``<data>/pretrained`` file (referenced by hash, not copied). The manifest is
     the zoo's manifest plus ``release_files`` (hashes of the pack's own files).
     """
-    out = _seed_dir(out_root if out_root is not None else DATA_DIR / "zoo_release", zoo.seed)
+    out = _seed_dir(out_root if out_root is not None else paths.release_dir(), zoo.seed)
     if zoo.config.pretrained is None:
         raise ValueError("a release pack needs a shipped pretrained base (config.pretrained)")
-    (out / "task_vectors").mkdir(parents=True, exist_ok=True)
-    release_files = {}
-    for t in zoo.tasks:
-        p = out / "task_vectors" / f"{t}.safetensors"
-        shutil.copyfile(zoo.dir / "task_vectors" / f"{t}.safetensors", p)
-        release_files[f"task_vectors/{t}.safetensors"] = sha256_file(p)
-    shutil.copyfile(zoo.heads_path, out / "heads.safetensors")
-    release_files["heads.safetensors"] = sha256_file(out / "heads.safetensors")
-    manifest = dict(zoo.manifest)
-    manifest["release_files"] = release_files
-    _atomic_json(manifest, out / "manifest.json")
+    with atomic_dir(out) as tmp:  # the pack appears whole, or the old one stays
+        (tmp / "task_vectors").mkdir()
+        release_files = {}
+        for t in zoo.tasks:
+            p = tmp / "task_vectors" / f"{t}.safetensors"
+            shutil.copyfile(zoo.dir / "task_vectors" / f"{t}.safetensors", p)
+            release_files[f"task_vectors/{t}.safetensors"] = sha256_file(p)
+        shutil.copyfile(zoo.heads_path, tmp / "heads.safetensors")
+        release_files["heads.safetensors"] = sha256_file(tmp / "heads.safetensors")
+        manifest = dict(zoo.manifest)
+        manifest["release_files"] = release_files
+        _write_json(manifest, tmp / "manifest.json")
     return out
 
 
@@ -604,25 +616,16 @@ def materialize_release(release_dir, target_dir) -> Path:
     base, pre_info = load_pretrained(config.pretrained)
     if pre_info["sha256"] != manifest["pretrained"]["sha256"]:
         raise ZooCacheError(f"release pack {release_dir} was built on another base than {config.pretrained!r}")
-    target_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".materialize-", dir=target_dir.parent))
-    try:
+    with atomic_dir(target_dir) as tmp:
         (tmp / "experts").mkdir(parents=True)
         (tmp / "task_vectors").mkdir(parents=True)
-        _atomic_save(base, tmp / "base.safetensors")
+        _save_tensors(base, tmp / "base.safetensors")
         shutil.copyfile(release_dir / "heads.safetensors", tmp / "heads.safetensors")
         for t in manifest["tasks"]:
             shutil.copyfile(release_dir / "task_vectors" / f"{t}.safetensors", tmp / "task_vectors" / f"{t}.safetensors")
             tau = load_file(str(release_dir / "task_vectors" / f"{t}.safetensors"))
-            _atomic_save({k: (base[k] + tau[k].float()).contiguous() for k in base}, tmp / "experts" / f"{t}.safetensors")
+            _save_tensors({k: (base[k] + tau[k].float()).contiguous() for k in base}, tmp / "experts" / f"{t}.safetensors")
         m = {k: v for k, v in manifest.items() if k != "release_files"}
-        _atomic_json(m, tmp / "manifest.json")
+        _write_json(m, tmp / "manifest.json")
         _verify_dir(tmp)  # the float32 files must hash exactly as when they were built
-        target_dir.parent.mkdir(parents=True, exist_ok=True)
-        if target_dir.exists():
-            shutil.rmtree(target_dir)
-        os.replace(tmp, target_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return target_dir

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-__all__ = ["BackboneConfig", "make_backbone", "count_parameters"]
+__all__ = ["BackboneConfig", "make_backbone"]
 
 
 @dataclass(frozen=True)
@@ -42,25 +42,14 @@ class BackboneConfig:
         return asdict(self)
 
 
-def make_backbone(config=None, seed: int | None = None) -> torch.nn.Module:
-    """A fresh timm ``VisionTransformer`` backbone (``num_classes=0``: returns features ``(B, D)``).
-
-    ``config`` may be a :class:`BackboneConfig`, a dict of its fields, or any object with a
-    ``backbone`` attribute holding one (e.g. a ``ZooConfig`` or a ``Zoo``).
+def make_backbone(config, seed: int | None = None) -> torch.nn.Module:
+    """A fresh backbone (``num_classes=0``: returns features ``(B, D)``) for ``config``: a timm
+    ``VisionTransformer`` for a :class:`BackboneConfig`, the hub model of a
+    :class:`~swudi_lab.zoo.online.HubBackboneConfig`. ``seed`` seeds torch's generator first.
     """
     import swudi_lab.torchvision_compat  # noqa: F401  (timm imports torchvision)
     from timm.models.vision_transformer import VisionTransformer
 
-    if config is None:
-        config = BackboneConfig()
-    while hasattr(config, "backbone"):
-        config = config.backbone
-    if hasattr(config, "config") and not isinstance(config, BackboneConfig):
-        config = config.config
-        while hasattr(config, "backbone"):
-            config = config.backbone
-    if isinstance(config, dict):
-        config = BackboneConfig(**config) if "name" not in config else _hub_config(config)
     if seed is not None:
         torch.manual_seed(seed)
     if not isinstance(config, BackboneConfig):  # a hub model (online recipe)
@@ -78,13 +67,3 @@ def make_backbone(config=None, seed: int | None = None) -> torch.nn.Module:
         class_token=config.class_token,
         global_pool=config.global_pool,
     )
-
-
-def _hub_config(d):
-    from .online import HubBackboneConfig
-
-    return HubBackboneConfig(**d)
-
-
-def count_parameters(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())

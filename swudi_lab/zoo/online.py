@@ -15,7 +15,7 @@ Usage (Colab, GPU)::
     cfg = online.online_config("vit_small_patch16_224", n_train=2000, n_test=1000, steps=300)
     zoo = build_zoo("data/zoo_online", seed=0, config=cfg, device="cuda")
 
-or ``swudi-lab zoo build --online vit_small_patch16_224``. Offline tests inject stand-ins through
+Offline tests inject stand-ins through
 :data:`MODEL_FACTORY` and :data:`DATASET_FACTORY` (a tiny ViT and a fake dataset), so the same code
 path runs without any download.
 """
@@ -23,12 +23,11 @@ path runs without any download.
 from __future__ import annotations
 
 import functools
-import os
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import numpy as np
 
+from ..config import paths
 from .tasks import balanced_labels, task_seed
 
 __all__ = [
@@ -40,7 +39,6 @@ __all__ = [
     "create_hub_backbone",
     "dataset_split",
     "is_online_task",
-    "DATA_ROOT",
 ]
 
 # task name -> (torchvision class name, kwargs for the train split, kwargs for the test split)
@@ -52,7 +50,6 @@ TORCHVISION_TASKS = {
     "dtd": ("DTD", {"split": "train"}, {"split": "test"}),
     "cifar10": ("CIFAR10", {"train": True}, {"train": False}),
 }
-DATA_ROOT = os.environ.get("SWUDI_LAB_DATA", str(Path.home() / ".cache" / "swudi_lab" / "torchvision"))
 
 
 @dataclass(frozen=True)
@@ -62,9 +59,6 @@ class HubBackboneConfig:
     name: str = "vit_small_patch16_224"
     pretrained: bool = True
     img_size: int = 224
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _timm_create(name: str, pretrained: bool, **kw):
@@ -136,7 +130,7 @@ def dataset_split(task: str, split: str, n: int, data_seed: int = 0, img_size: i
     name = task[3:] if is_online_task(task) else task
     if name not in TORCHVISION_TASKS and DATASET_FACTORY is _torchvision_dataset:
         raise ValueError(f"unknown torchvision task {task!r}; known: {', '.join('tv:' + k for k in TORCHVISION_TASKS)}")
-    root = root or DATA_ROOT
+    root = root or str(paths.downloads_dir())
     single = name in TORCHVISION_TASKS and not TORCHVISION_TASKS[name][1]
     ds = DATASET_FACTORY(name, "train" if single else split, root)
     labels = _labels_of(ds).astype(np.int64)

@@ -31,8 +31,8 @@ The pretraining mixture (:data:`PRETRAIN_GROUPS`, 48 classes) uses *other* gener
 classes: letters K-Z, symbols, eight other scikit-image photos, band-pass noise scale and
 blob-texture scale. It shares no class with the eight tasks.
 
-Images are uint8 arrays ``(N, 32, 32, 3)``; :func:`to_tensor` converts them to the float
-``(N, 3, 32, 32)`` the backbone takes (``(x / 255 - 0.5) / 0.25``).
+Images are uint8 arrays ``(N, 32, 32, 3)``; :func:`~swudi_lab.evaluate.to_tensor` converts them to
+the float ``(N, 3, 32, 32)`` the backbone takes (``(x / 255 - 0.5) / 0.25``).
 """
 
 from __future__ import annotations
@@ -40,26 +40,22 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from ..config import paths
+from ..files import atomic_path
+
 SIZE = 32
-MEAN, STD = 0.5, 0.25
 
 __all__ = [
     "TASKS",
     "TASK_CLASSES",
     "PRETRAIN_GROUPS",
-    "TaskData",
-    "make_task",
     "make_split",
-    "make_tasks",
     "make_pretrain_data",
-    "to_tensor",
     "balanced_labels",
     "task_seed",
 ]
@@ -79,19 +75,6 @@ def balanced_labels(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     y = np.arange(n) % k
     rng.shuffle(y)
     return y.astype(np.int64)
-
-
-def to_tensor(x) -> torch.Tensor:
-    """uint8 ``(N, H, W, 3)`` -> float32 ``(N, 3, H, W)`` normalized as ``(x/255 - 0.5)/0.25``."""
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(np.array(x, copy=not x.flags.writeable or not x.flags.c_contiguous))
-    if x.dtype == torch.uint8:
-        x = x.float().div_(255.0)
-    else:
-        x = x.float()
-    if x.ndim == 4 and x.shape[-1] == 3 and x.shape[1] != 3:
-        x = x.permute(0, 3, 1, 2)
-    return ((x - MEAN) / STD).contiguous()
 
 
 def _rand_colour(rng, n=None):
@@ -477,26 +460,8 @@ TASK_CLASSES: dict[str, int] = {k: v[0] for k, v in TASK_GENERATORS.items()}
 # ----------------------------------------------------------------------------- task data
 
 
-@dataclass
-class TaskData:
-    """Fixed train/test split of one task (uint8 images ``(N, 32, 32, 3)``, int64 labels)."""
-
-    name: str
-    n_classes: int
-    train_x: np.ndarray
-    train_y: np.ndarray
-    test_x: np.ndarray
-    test_y: np.ndarray
-
-    def fingerprint(self) -> str:
-        h = hashlib.sha256()
-        for a in (self.train_x, self.train_y, self.test_x, self.test_y):
-            h.update(np.ascontiguousarray(a).tobytes())
-        return h.hexdigest()
-
-
 GENERATOR_VERSION = 2  # bump when a generator changes its output (invalidates disk caches)
-CACHE_DIR = None  # default: <repo>/data/cache/tasks when writable; set to False to disable
+CACHE_DIR = None  # default: paths.tasks_cache_dir() (<data>/cache/tasks) when writable; set to False to disable
 
 
 def _cache_dir():
@@ -505,7 +470,7 @@ def _cache_dir():
 
     if CACHE_DIR is False:
         return None
-    d = Path(CACHE_DIR) if CACHE_DIR else Path(__file__).resolve().parents[2] / "data" / "cache" / "tasks"
+    d = Path(CACHE_DIR) if CACHE_DIR else paths.tasks_cache_dir()
     try:
         d.mkdir(parents=True, exist_ok=True)
         return d if os.access(d, os.W_OK) else None
@@ -518,7 +483,7 @@ def make_split(name: str, split: str, n: int, data_seed: int = 0) -> tuple[np.nd
     """``n`` images of task ``name``'s ``split`` ("train" or "test"), read-only arrays.
 
     Seeded by ``(name, split, data_seed)`` only (the expert seed never changes a split). Cached
-    in memory and on disk (``data/cache/tasks``, git-ignored; a file that fails to load or whose
+    in memory and on disk (``<data>/cache/tasks``, git-ignored; a file that fails to load or whose
     checksum is wrong is regenerated).
     """
     if name not in TASK_GENERATORS:
@@ -540,30 +505,14 @@ def make_split(name: str, split: str, n: int, data_seed: int = 0) -> tuple[np.nd
     if x is None:
         x, y = gen(n, np.random.default_rng(task_seed(name, split, data_seed)), split)
         if path is not None:
-            import os
-
-            tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
             try:
-                np.savez(tmp, x=x, y=y, sha256=hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest())
-                os.replace(tmp, path)
-            except OSError:
+                with atomic_path(path, suffix=".tmp.npz") as tmp:  # .npz: numpy.savez would append it
+                    np.savez(tmp, x=x, y=y, sha256=hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest())
+            except OSError:  # a read-only or full cache: the split is still returned
                 pass
     x.setflags(write=False)
     y.setflags(write=False)
     return x, y
-
-
-def make_task(name: str, n_train: int = 4000, n_test: int = 1000, data_seed: int = 0) -> TaskData:
-    """Task ``name`` with its fixed train/test split (see :func:`make_split`)."""
-    if name not in TASK_GENERATORS:
-        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
-    tr = make_split(name, "train", n_train, data_seed)
-    te = make_split(name, "test", n_test, data_seed)
-    return TaskData(name, TASK_GENERATORS[name][0], tr[0], tr[1], te[0], te[1])
-
-
-def make_tasks(names=TASKS, n_train: int = 4000, n_test: int = 1000, data_seed: int = 0) -> dict[str, TaskData]:
-    return {n: make_task(n, n_train, n_test, data_seed) for n in names}
 
 
 # ----------------------------------------------------------------------------- pretraining mixture

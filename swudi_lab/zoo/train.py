@@ -20,7 +20,6 @@ recipe (hub ViT, torchvision datasets) goes through the same code.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -30,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .tasks import to_tensor
+from ..evaluate import features, to_tensor
 
 __all__ = [
     "PretrainRecipe",
@@ -38,15 +37,8 @@ __all__ = [
     "pretrain",
     "prototype_heads",
     "finetune",
-    "features",
     "task_vector_ratio",
-    "set_threads",
 ]
-
-
-def set_threads(n: int | None) -> None:
-    if n:
-        torch.set_num_threads(int(n))
 
 
 @dataclass(frozen=True)
@@ -130,19 +122,6 @@ def _random_shift(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Te
     idx_b = torch.arange(b, device=x.device)[:, None, None]
     out = xp.permute(0, 2, 3, 1)[idx_b, rows[:, :, None], cols[:, None, :]]
     return out.permute(0, 3, 1, 2).contiguous()
-
-
-@torch.no_grad()
-def features(backbone: torch.nn.Module, x, device="cpu", batch_size: int = 500) -> torch.Tensor:
-    """Backbone features ``(N, D)`` of uint8 images ``(N, H, W, 3)`` (eval mode, float32, on CPU)."""
-    was = backbone.training
-    backbone.eval()
-    out = []
-    xt = to_tensor(x)
-    for i in range(0, len(xt), batch_size):
-        out.append(backbone(xt[i : i + batch_size].to(device)).float().cpu())
-    backbone.train(was)
-    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -263,7 +242,6 @@ def pretrain(
     log_file: str | None = None,
     progress: bool = True,
     eval_every: int = 1000,
-    snapshot: Callable[[int, dict], None] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict]:
     """Pretrain the backbone on the 48-class mixture; return ``(backbone_state, info)``.
 
@@ -325,8 +303,6 @@ def pretrain(
             run_loss = 0.0
         if eval_every and (step + 1) % eval_every == 0 and step + 1 < recipe.steps:
             say(f"step {step + 1} val acc {val_acc():.2f}")
-            if snapshot is not None:  # does not touch the random streams
-                snapshot(step + 1, {k: v.detach().float().cpu().clone() for k, v in backbone.state_dict().items()})
     acc = val_acc()
     seconds = time.time() - t0
     say(f"done: val acc {acc:.2f} in {seconds:.1f}s")
@@ -347,7 +323,3 @@ def pretrain(
         "loss_history": history,
     }
     return state, info
-
-
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=float))
