@@ -53,11 +53,11 @@ DEVICE = swudi_lab.setup_notebook()
 # %%
 from swudi_lab import spectral as S
 from swudi_lab.merge import iter_layer_problems, merge
-from swudi_lab.zoo import DATA_DIR, load_zoo
+from swudi_lab.zoo import load_zoo
 
 if DEVICE == "cpu":
     torch.set_num_threads(1)  # small matrices: one thread is fastest, and immune to a busy CPU
-zoo = load_zoo(DATA_DIR / "zoo", seed=0)
+zoo = load_zoo(seed=0)
 base = zoo.base_state_dict()
 experts = {task: zoo.expert_state_dict(task) for task in zoo.tasks}
 N = len(zoo.tasks)

@@ -58,7 +58,7 @@ from swudi_lab import evaluate as E
 from swudi_lab.merge import merge
 from swudi_lab.merge.sweep import filter_sweep
 from swudi_lab.spectral import kappa_time
-from swudi_lab.zoo import DATA_DIR, build_zoo, load_zoo
+from swudi_lab.zoo import build_zoo, load_zoo
 
 RECIPE = "hub" if (viz.in_colab() and DEVICE == "cuda") else "zoo"
 if DEVICE == "cpu":
@@ -68,7 +68,7 @@ if RECIPE == "hub":  # online: hub-pretrained timm ViT + torchvision datasets (n
     config = online.online_config("vit_small_patch16_224", n_train=2000, n_test=500, steps=300)
     zoo = build_zoo("/content/zoo_online", seed=0, config=config, device=DEVICE)
 else:
-    zoo = load_zoo(DATA_DIR / "zoo", seed=0)
+    zoo = load_zoo(seed=0)
 base = zoo.base_state_dict()
 experts = {task: zoo.expert_state_dict(task) for task in zoo.tasks}
 print(zoo)

@@ -54,11 +54,11 @@ DEVICE = swudi_lab.setup_notebook()
 from swudi_lab import evaluate as E
 from swudi_lab import toy
 from swudi_lab.merge import merge
-from swudi_lab.zoo import DATA_DIR, load_zoo
+from swudi_lab.zoo import load_zoo
 
 if DEVICE == "cpu":
     torch.set_num_threads(1)  # one thread: stable timings on a shared CPU
-zoo = load_zoo(DATA_DIR / "zoo", seed=0)
+zoo = load_zoo(seed=0)
 base = zoo.base_state_dict()
 experts = {task: zoo.expert_state_dict(task) for task in zoo.tasks}
 print(zoo)

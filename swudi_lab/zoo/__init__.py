@@ -9,7 +9,6 @@ fine-tuning), :mod:`.build` (cache, manifest, release pack) and :mod:`.online` (
 torchvision datasets for Colab).
 """
 
-from ..config import paths as _paths
 from .build import (
     DEFAULT_PRETRAINED,
     Zoo,
@@ -27,16 +26,9 @@ from .tasks import TASK_CLASSES, TASKS, make_split
 from .train import FinetuneRecipe, PretrainRecipe, finetune, pretrain, prototype_heads, task_vector_ratio
 
 __all__ = [
-    "DATA_DIR", "DEFAULT_PRETRAINED", "Zoo", "ZooCacheError", "ZooConfig", "build_pretrained", "build_zoo",
+    "DEFAULT_PRETRAINED", "Zoo", "ZooCacheError", "ZooConfig", "build_pretrained", "build_zoo",
     "load_pretrained", "load_zoo", "materialize_release", "write_release", "BackboneConfig", "make_backbone",
     "TASK_CLASSES", "TASKS", "make_split", "FinetuneRecipe", "PretrainRecipe",
     "finetune", "pretrain", "prototype_heads", "task_vector_ratio",
 ]
 
-
-def __getattr__(name):
-    # ``DATA_DIR``: the notebooks' name for the data directory, resolved when it is imported
-    # (:func:`swudi_lab.config.paths.data_dir`, which reads ``$SWUDI_LAB_DATA``).
-    if name == "DATA_DIR":
-        return _paths.data_dir()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
