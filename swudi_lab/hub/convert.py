@@ -611,7 +611,7 @@ def _check_config(config: dict, proj_dim: int | None, dims: Mapping, label: str)
 class HFCheckpoint(Checkpoint):
     """Tensors of an HF model directory or a ``.safetensors`` file, read one at a time.
 
-    ``config`` is the directory's ``config.json`` (a dict) or ``None``. Shards
+    ``config`` is the directory's ``config.json`` (a dict) or ``None``; ``files`` the files read. Shards
     (``model.safetensors.index.json`` + ``model-0000k-of-0000n.safetensors``) are each opened with
     ``safe_open``; a missing or inconsistent shard is an error before anything is read. Kept
     minimal and self-contained (to be replaced by the general HF-directory reader of
@@ -711,10 +711,13 @@ def open_hf(path: str | os.PathLike) -> HFCheckpoint:
         extra = sorted(set(ck._where) - set(wm))
         if extra:
             raise ValueError(f"{index}: shards hold tensors the index does not list: {_fmt(extra)}")
+        ck.files.append(index)
         return ck
     binf = path / "pytorch_model.bin"
     if binf.is_file():  # weights-only torch.load (never executes pickled code), memory-mapped
-        return HFCheckpoint({}, str(path), config, tensors=load_state_dict(binf))
+        ck = HFCheckpoint({}, str(path), config, tensors=load_state_dict(binf))
+        ck.files.append(binf)
+        return ck
     raise FileNotFoundError(f"{path}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
 
 
@@ -844,6 +847,7 @@ def _write_atomically(plan: ConversionPlan, path: Path, metadata: dict, extra_te
     staged = []
     try:
         for p, text in dict(extra_text).items():  # staged under temporary names first
+            p.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
             with os.fdopen(fd, "w") as f:
                 f.write(text)
