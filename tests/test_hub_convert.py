@@ -418,6 +418,25 @@ def test_cli_errors_write_nothing(tmp_path, capsys):
     assert "is one of the inputs" in capsys.readouterr().err  # its sidecar would be the index file
 
 
+def test_pytorch_model_bin_and_prefixed_vision_model_without_projection(tmp_path):
+    """A weights-only ``pytorch_model.bin`` directory converts; ``--to hf`` without a head in the default
+    ``vision_model.`` layout is a ``CLIPVisionModel`` checkpoint that transformers loads."""
+    hf = hf_bare()
+    src = tmp_path / "bin"
+    src.mkdir()
+    hf.config.save_pretrained(src)
+    torch.save({HF_PREFIX + k: v for k, v in hf.state_dict().items()}, src / "pytorch_model.bin")
+    out = tmp_path / "t.safetensors"
+    assert main(["convert", "--to", "timm", str(src), str(out)]) == 0
+    assert json.loads(out.with_suffix(".json").read_text())["hf_prefix"] == HF_PREFIX
+    back = tmp_path / "back"
+    assert main(["convert", "--to", "hf", str(out), str(back)]) == 0
+    assert json.loads((back / "config.json").read_text())["architectures"] == ["CLIPVisionModel"]
+    assert next(iter(load_state_dict(back / "model.safetensors"))).startswith(HF_PREFIX)
+    again = CLIPVisionModel.from_pretrained(back).eval()
+    assert bitwise_equal(again.state_dict(), hf.state_dict())
+
+
 def test_open_hf_rejects_a_bad_index(tmp_path):
     hf = hf_bare()
     hf.save_pretrained(tmp_path / "m", max_shard_size="20KB")
@@ -465,3 +484,18 @@ def test_timm_layout_merge_differs_only_on_qkv():
             assert torch.allclose(back[k], mean, rtol=0, atol=1e-6) and not torch.allclose(hf_merge[k], mean)
         else:
             assert torch.equal(hf_merge[k], back[k]), k
+
+
+def test_qkv_layout_benchmark_runs_small():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "qkv_layout.py"
+    spec = importlib.util.spec_from_file_location("qkv_layout", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    base, experts = mod.make_models(width=32, depth=1, heads=4, n_experts=2, rank=2, seed=0)
+    res = mod.compare(base, experts, "closed_form")
+    assert all(r["rel_tau"] == 0 for r in res["rows"].values() if r["kind"] == "other")
+    assert all(r["rel_tau"] > 1e-3 for r in res["rows"].values() if r["kind"] in "qkv")
+    assert "q_proj mean over layers" in mod.table(res)
