@@ -303,8 +303,10 @@ def _add_convert(sub) -> None:
     p.add_argument("input", metavar="IN", help="HF directory / .safetensors (--to timm) or timm .safetensors (--to hf)")
     p.add_argument("output", metavar="OUT", help=".safetensors file (--to timm) or new directory (--to hf)")
     p.add_argument("--config", default=None,
-                   help="HF config.json: for a bare .safetensors IN (default: the directory's, else inferred "
-                        "from the shapes assuming OpenAI CLIP's head_dim 64, QuickGELU, eps 1e-5)")
+                   help="HF config.json (a CLIPVisionConfig or CLIPConfig), checked against the weights: --to timm, "
+                        "for a bare .safetensors IN (default: the directory's); --to hf, the config to write (default: "
+                        "IN's sidecar). Without any, sizes are inferred from the shapes assuming OpenAI CLIP's head_dim "
+                        "64, QuickGELU and eps 1e-5")
     p.add_argument("--prefix", default="vision_model.", choices=["vision_model.", ""],
                    help="--to hf key layout: 'vision_model.' (FusionBench experts, CLIPVisionModelWithProjection; "
                         "the only one with visual_projection) or '' (transformers 5 CLIPVisionModel); "
