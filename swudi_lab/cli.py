@@ -10,6 +10,8 @@
                                                          (a fine-tuning variant, in its own root)
     swudi-lab demo [--seeds 0 1 2] [--quick] | --toy      (make demo)
     swudi-lab bench [merge_cost.py arguments]            (time and peak memory per method)
+    swudi-lab convert --to timm|hf IN OUT [--config config.json] [--prefix vision_model.|'']
+                                                         (HF CLIP vision <-> timm CLIP ViT; needs [hub])
 
 Every method parameter of :data:`swudi_lab.merge.METHODS` is a flag (``rank_rule`` ->
 ``--rank-rule``); only the chosen method's flags are accepted, an irrelevant one given
@@ -289,6 +291,46 @@ def _cmd_bench(args) -> int:
     return int(module.main(args.bench_args) or 0)
 
 
+# ----------------------------------------------------------------------------- convert
+
+
+def _add_convert(sub) -> None:
+    p = sub.add_parser(
+        "convert", allow_abbrev=False,
+        help="convert HF CLIP vision checkpoints to timm CLIP ViTs and back",
+        description="HF CLIP vision tower <-> timm CLIP ViT (swudi_lab.hub.convert). --to timm: IN is an HF "
+                    "model directory (config.json + model.safetensors or shards) or a .safetensors file; OUT a "
+                    ".safetensors file, with a .json sidecar naming the timm model and its kwargs. --to hf: IN a "
+                    "timm .safetensors file; OUT a new directory (config.json + model.safetensors). Written "
+                    "atomically, one tensor at a time.",
+    )
+    p.add_argument("--to", required=True, choices=["timm", "hf"], help="target format")
+    p.add_argument("input", metavar="IN", help="HF directory / .safetensors (--to timm) or timm .safetensors (--to hf)")
+    p.add_argument("output", metavar="OUT", help=".safetensors file (--to timm) or new directory (--to hf)")
+    p.add_argument("--config", default=None,
+                   help="HF config.json (a CLIPVisionConfig or CLIPConfig), checked against the weights: --to timm, "
+                        "for a bare .safetensors IN (default: the directory's); --to hf, the config to write (default: "
+                        "IN's sidecar). Without any, sizes are inferred from the shapes assuming OpenAI CLIP's head_dim "
+                        "64, QuickGELU and eps 1e-5")
+    p.add_argument("--prefix", default="vision_model.", choices=["vision_model.", ""],
+                   help="--to hf key layout: 'vision_model.' (FusionBench experts, CLIPVisionModelWithProjection; "
+                        "the only one with visual_projection) or '' (transformers 5 CLIPVisionModel); "
+                        "default %(default)r")
+
+
+def _cmd_convert(args) -> int:
+    from swudi_lab.hub.convert import convert_checkpoint
+
+    info = convert_checkpoint(args.input, args.output, args.to, config=args.config, prefix=args.prefix)
+    extra = f", sidecar {info['sidecar']}, timm model {info['timm_model'] or 'VisionTransformer(custom)'}" \
+        if args.to == "timm" else f", HF layout {info['hf_prefix'] or 'bare'}"
+    print(f"wrote {info['out']} ({info['tensors']} tensors{extra}"
+          + (f"; skipped {len(info['skipped'])} non-vision keys" if info["skipped"] else "") + ")")
+    if info["assumed"]:
+        print("assumed (no config.json): " + ", ".join(info["assumed"]))
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 
 SUBCOMMANDS = {
@@ -298,6 +340,7 @@ SUBCOMMANDS = {
     "zoo": (_add_zoo, _cmd_zoo),
     "demo": (_add_demo, _cmd_demo),
     "bench": (_add_bench, _cmd_bench),
+    "convert": (_add_convert, _cmd_convert),
 }
 """name -> (add_parser(subparsers), run(args) -> exit code)."""
 
