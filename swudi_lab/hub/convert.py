@@ -452,7 +452,7 @@ class TimmSpec:
 
     def create(self, **overrides):
         """``timm.create_model(model, pretrained=False, **kwargs)`` or ``VisionTransformer(**kwargs)``."""
-        import swudi_lab  # noqa: F401  (torchvision shim before timm)
+        import swudi_lab.torchvision_compat  # noqa: F401  (the shim acts before timm imports torchvision)
 
         kw = dict(self.model_kwargs(), **overrides)
         if self.model is not None:
