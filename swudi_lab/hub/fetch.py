@@ -8,7 +8,7 @@ Offline behaviour, decided at call time (not only when ``huggingface_hub`` was f
 
 * ``HF_HUB_OFFLINE=1``: only the local hub cache is used; if the files are not there,
   :class:`HubUnavailableError` is raised at once, naming the repository and the patterns.
-* otherwise the repository is resolved with one ``repo_info`` call under a short ``timeout``
+* otherwise the repository is first probed with one ``repo_info`` call under a short ``timeout``
   (``HF_ENDPOINT`` is honoured); a refused or timed-out connection falls back to the cache and,
   failing that, raises :class:`HubUnavailableError` within about ``timeout`` seconds instead of
   waiting on the hub client's unbounded default.
@@ -96,7 +96,7 @@ def resolve_source(source, *, repo_type: str, allow_patterns, what: str, timeout
         return from_cache("HF_HUB_OFFLINE is set")
     api = hf.HfApi(endpoint=endpoint)
     try:
-        info = api.repo_info(repo_id, repo_type=repo_type, revision=revision, timeout=timeout)
+        api.repo_info(repo_id, repo_type=repo_type, revision=revision, timeout=timeout)
     except Exception as e:
         name = type(e).__name__
         if _is_connection_error(e):
@@ -104,9 +104,10 @@ def resolve_source(source, *, repo_type: str, allow_patterns, what: str, timeout
         if name in ("RepositoryNotFoundError", "RevisionNotFoundError", "GatedRepoError"):
             raise HubUnavailableError(f"could not fetch {what}: {where} — {name}: {_first_line(e)}") from None
         return from_cache(f"the hub answered {name}: {_first_line(e)}")
-    # the commit is now known: snapshot_download skips its own (unbounded) repo_info call
+    # the hub answered within `timeout`: download (by the revision asked, not info.sha, so that the
+    # cache records the branch -> commit ref and a later offline call finds the snapshot)
     try:
-        return Path(hf.snapshot_download(repo_id, repo_type=repo_type, revision=info.sha,
+        return Path(hf.snapshot_download(repo_id, repo_type=repo_type, revision=revision,
                                          allow_patterns=patterns, cache_dir=cache_dir, endpoint=endpoint))
     except Exception as e:
         if _is_connection_error(e):
