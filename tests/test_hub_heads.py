@@ -415,6 +415,52 @@ _CHILD = textwrap.dedent("""
 """)
 
 
+def test_a_hub_id_in_the_local_hub_cache_reads_offline_through_the_same_loader(local_eurosat, tmp_path,
+                                                                               monkeypatch):
+    _extra("huggingface_hub")
+    root, labels, _ = local_eurosat
+    repo = tmp_path / "hub" / "datasets--tanganke--eurosat"  # huggingface_hub's cache layout
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    (snapshot / "data").mkdir(parents=True)
+    for f in sorted((root / "data").glob("test-*.parquet")):
+        (snapshot / "data" / f.name).write_bytes(f.read_bytes())
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ts = D.load_test_set("eurosat", n_test=20, image_size=32, hub_cache_dir=tmp_path / "hub")
+    local = D.load_test_set("eurosat", root, n_test=20, image_size=32)
+    assert [f.parent for f in ts.files] == [snapshot / "data"] * 2
+    assert np.array_equal(ts.indices, local.indices) and np.array_equal(ts.labels, labels[local.indices])
+
+
+def test_only_the_test_split_and_the_readme_are_asked_of_the_hub(local_eurosat, tmp_path, monkeypatch):
+    hf = _extra("huggingface_hub")
+    root, labels, _ = local_eurosat
+    calls = []
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(hf.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hf.HfApi, "repo_info", lambda self, repo_id, **kw: calls.append(("info", repo_id, kw)))
+
+    def fake_snapshot_download(repo_id, **kw):  # stands in for the hub: no network
+        calls.append(("download", repo_id, kw))
+        return str(root)
+
+    monkeypatch.setattr(hf, "snapshot_download", fake_snapshot_download)
+    ts = D.load_test_set("eurosat", image_size=32, timeout=2.5, hub_cache_dir=tmp_path)
+    assert len(ts) == len(labels)
+    (_, rid, info_kw), (_, did, dl_kw) = calls
+    assert rid == did == "tanganke/eurosat" and info_kw["timeout"] == 2.5 and info_kw["repo_type"] == "dataset"
+    assert dl_kw["repo_type"] == "dataset" and dl_kw["cache_dir"] == tmp_path
+    assert dl_kw["allow_patterns"] == ["data/test-*.parquet", "data/test/*.parquet", "README.md"]
+    calls.clear()
+    with pytest.raises(FileNotFoundError, match="test set of svhn: no parquet file"):
+        D.test_files("svhn")
+    assert calls[1][1] == "ufldl-stanford/svhn"
+    assert calls[1][2]["allow_patterns"][:2] == ["cropped_digits/test-*.parquet", "cropped_digits/test/*.parquet"]
+
+
 def test_unreachable_endpoints_fail_within_seconds(tmp_path):
     _extra("huggingface_hub")
     _extra("pyarrow")
