@@ -14,6 +14,7 @@ import numpy as np
 
 from ..spectral import filters as F
 from ..spectral.rank_rules import RANK_RULES, choose_rank
+from ..spectral.wudi import kappa_time
 from .merging import accuracy_curve_figure
 from .style import as_array, side_by_side
 from .theory import error_curve_figure, filter_factors_figure, solutions_figure, spectra_figure
@@ -240,7 +241,7 @@ def filters_explorer(lam, *, n_tasks: int | None = None, kappa: float = 3.0, rat
         raise ValueError(f"rule must be one of {options}, got {rule!r}")
 
     def make_figure(kappa, ratio, rule):
-        t = kappa / mean
+        t = kappa_time(kappa, d, float(lam.sum()))  # trace = N: t = kappa d_in / N
         K = math.ceil(ratio * d) if rule == "ratio" else min(d, max(1, _apply_rule(rules[rule], lam)))
         filters = {F.exponential(t).label: F.exponential(t), F.top_k(k=K).label: F.top_k(k=K),
                    F.swudi(t, k=K).label: F.swudi(t, k=K)}
