@@ -98,7 +98,8 @@ def _add_merge(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="do not print the per-layer table")
     g = p.add_argument_group("method parameters (only the chosen method's; see `swudi-lab methods`)")
     for name, (param, owners) in _method_flags().items():
-        kw = dict(dest=f"param_{name}", default=argparse.SUPPRESS, help=f"{param.help} [{', '.join(owners)}]")
+        help_ = f"{param.help} [{', '.join(owners)}]".replace("%", "%%")  # argparse formats help with %
+        kw = dict(dest=f"param_{name}", default=argparse.SUPPRESS, help=help_)
         if param.type is bool:
             g.add_argument(param.flag, action="store_const", const=True, **kw)
         else:
