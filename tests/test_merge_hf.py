@@ -114,6 +114,9 @@ def test_pytorch_model_bin_only_weights_only(tmp_path, zoo):
     (d / "pytorch_model.bin").unlink()
     with pytest.raises(FileNotFoundError, match="has no model.safetensors"):
         open_checkpoint(d)
+    (d / "pytorch_model.bin.index.json").write_text("{}")
+    with pytest.raises(ValueError, match="sharded pytorch_model.bin"):
+        open_checkpoint(d)
 
 
 def test_merged_directory_loads_and_equals_the_in_memory_merge(tmp_path, zoo):

@@ -4,8 +4,9 @@
   :func:`resolve_params`).
 - :mod:`~swudi_lab.merge.methods`: the per-layer rules (average, task_arithmetic, ties, wudi,
   closed_form, iwudi, filtered, swudi, swudi_a).
-- :mod:`~swudi_lab.merge.engine`: :func:`merge` (in memory), :func:`merge_files` (streaming,
-  safetensors in and out), :func:`iter_layer_problems` (per-layer ``(C, D, eig)`` for notebooks).
+- :mod:`~swudi_lab.merge.engine`: :func:`merge` (in memory), :func:`merge_files` (streaming; out a
+  ``.safetensors`` file or an HF model directory), :func:`iter_layer_problems` (per-layer
+  ``(C, D, eig)`` for notebooks).
 - :mod:`~swudi_lab.merge.io`: safe loading (safetensors / weights-only torch.load; files, HF model
   directories, hub ids), atomic writing (files, sharded model directories).
 - :mod:`~swudi_lab.merge.routing`: routing profiles per architecture (:data:`ROUTING`: ``hf_clip``,

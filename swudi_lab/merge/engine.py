@@ -18,7 +18,7 @@ Routing of a tensor follows a named profile (:mod:`~swudi_lab.merge.routing`: ``
    base's text tower against vision experts): copied from the base;
 3. a baseline method (``average``, ``task_arithmetic``, ``ties``): the method's rule;
 4. a WUDI-family method: the solver or the mean of task vectors, as the profile says (every
-   profile: the solver for 2-D matrices, the mean for the rest).
+   built-in profile: the solver for 2-D matrices, the mean for the rest).
 
 Sources may be state dicts, modules, files, Hugging Face model directories or hub ids
 (:func:`~swudi_lab.merge.io.open_checkpoint`); expert keys are matched onto the base's layout

@@ -199,9 +199,10 @@ class SafetensorsCheckpoint(Checkpoint):
 class HFDirectoryCheckpoint(Checkpoint):
     """A Hugging Face model directory, read one tensor at a time across its shards.
 
-    ``config.json`` must be there. Weights, in this order of preference: the shards named by
-    ``model.safetensors.index.json`` (every file it names must exist and hold the keys the index
-    gives it), ``model.safetensors``, or ``pytorch_model.bin`` (weights-only ``torch.load``).
+    ``config.json`` must be there. Weights, in transformers' order of preference:
+    ``model.safetensors``, the shards named by ``model.safetensors.index.json`` (every file it
+    names must exist and hold the keys the index gives it), or ``pytorch_model.bin``
+    (weights-only ``torch.load``; a sharded one is refused).
     Everything is checked when the directory is opened, before any tensor is read.
     ``label`` names it in errors (default: the path; the hub id for a fetched repository).
     """
@@ -216,20 +217,23 @@ class HFDirectoryCheckpoint(Checkpoint):
         single = self.path / SAFE_WEIGHTS_NAME
         self._files: list[Path] = [self.path]
         self._where: dict[str, Checkpoint] = {}
-        if index.is_file():
-            self.index_path = index
-            self._open_index(index)
-        elif single.is_file():
+        if single.is_file():  # transformers' order: model.safetensors before the index
             self.index_path = None
             ck = SafetensorsCheckpoint(single)
             self._where = {k: ck for k in ck.keys()}
             self._files.append(single)
+        elif index.is_file():
+            self.index_path = index
+            self._open_index(index)
         elif (self.path / TORCH_WEIGHTS_NAME).is_file():
             self.index_path = None
             pt = self.path / TORCH_WEIGHTS_NAME
             ck = DictCheckpoint(load_state_dict(pt), str(pt))
             self._where = {k: ck for k in ck.keys()}
             self._files.append(pt)
+        elif (self.path / (TORCH_WEIGHTS_NAME + ".index.json")).is_file():
+            raise ValueError(f"{self.label}: model directory {self.path} holds a sharded {TORCH_WEIGHTS_NAME}; "
+                             "only safetensors shards are read (convert it, e.g. with save_pretrained)")
         else:
             raise FileNotFoundError(
                 f"{self.label}: model directory {self.path} has no {SAFE_WEIGHTS_NAME}, {SAFE_WEIGHTS_INDEX_NAME} "
