@@ -189,10 +189,10 @@ class _Plan:
 
     def __init__(self, base, experts, tasks, head_pattern, include, exclude, routing=None):
         sources, self.tasks = _task_names(experts, tasks)
+        chosen = None if routing is None else get_routing(routing)  # an unknown name fails before any download
         self.base: Checkpoint = open_checkpoint(base)
         self.experts: list[Checkpoint] = [open_checkpoint(s) for s in sources]
-        self.profile: RoutingProfile = (detect_routing(self.base.keys()) if routing is None
-                                        else get_routing(routing))
+        self.profile: RoutingProfile = detect_routing(self.base.keys()) if chosen is None else chosen
         if head_pattern is PROFILE_HEADS:
             head_pattern = self.profile.head
         head = re.compile(head_pattern) if head_pattern else None
