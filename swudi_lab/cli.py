@@ -3,6 +3,8 @@
     swudi-lab merge --base BASE --experts E1 E2 ... --method swudi [--t 1300] [--ratio 0.65]
                     [--device auto] [--dtype float32] --out merged.safetensors [--report report.json]
     swudi-lab merge ... --method swudi --preset clip-vit-b32   (a model family's published settings)
+    swudi-lab merge --base openai/clip-vit-base-patch32 --experts DIR_OR_ID ... --method swudi --out OUT_DIR
+                    [--max-shard-size 2GB] [--routing hf_clip]   (an HF model directory out)
     swudi-lab methods
     swudi-lab presets
     swudi-lab zoo build [--seeds 0 1 2] [--pretrain]      (the offline ViT expert zoo)
@@ -51,36 +53,55 @@ def _method_flags():
 
 def _add_merge(sub) -> None:
     from swudi_lab.config import PRESETS
-    from swudi_lab.merge import DEFAULT_HEAD_PATTERN, METHODS
+    from swudi_lab.merge import METHODS, ROUTING
+    from swudi_lab.merge.io import DEFAULT_MAX_SHARD_SIZE
 
     p = sub.add_parser(
         "merge",
         allow_abbrev=False,  # --rank must not silently mean --rank-rule
         help="merge a base and N fine-tuned experts into one checkpoint",
-        description="Merge a base and N experts (.safetensors, or .pt/.pth/.bin read weights-only; "
-                    "'timm:NAME@PATH' for a timm model with a local weights file). "
+        description="Merge a base and N experts. A checkpoint is a .safetensors file, a .pt/.pth/.bin file "
+                    "(read weights-only), 'timm:NAME@PATH' (a timm model with a local weights file), a Hugging Face "
+                    "model directory (config.json with model.safetensors, or shards with "
+                    "model.safetensors.index.json), or a hub id such as openai/clip-vit-base-patch32 (fetched "
+                    "into the HF cache: safetensors and json files only; needs swudi_lab[hub]). Experts are "
+                    "matched on the base's keys, with or without the vision_model. prefix; keys only the base "
+                    "has (a CLIPModel's text tower) are copied. "
                     "See `swudi-lab methods` for methods, their parameters and defaults.",
     )
-    p.add_argument("--base", required=True, help="base checkpoint")
-    p.add_argument("--experts", required=True, nargs="+", help="expert checkpoints (same keys and shapes as the base)")
-    p.add_argument("--tasks", nargs="+", default=None, help="task names of the experts (default: file stems)")
+    p.add_argument("--base", required=True, help="base checkpoint: file, timm: spec, HF model directory or hub id")
+    p.add_argument("--experts", required=True, nargs="+",
+                   help="expert checkpoints (same kinds; same tensors and shapes as the base)")
+    p.add_argument("--tasks", nargs="+", default=None,
+                   help="task names of the experts (default: file stems, directory or repository names)")
     p.add_argument("--method", required=True, choices=list(METHODS), help="merge method")
     p.add_argument("--preset", default=None, choices=list(PRESETS),
                    help="published settings of a model family (see `swudi-lab presets`); flags given override them")
-    p.add_argument("--out", required=True, help="merged checkpoint (.safetensors), written atomically")
+    p.add_argument("--out", required=True,
+                   help="merged checkpoint: a .safetensors file, or, when the base is an HF model directory or hub "
+                        "id, a directory path for an HF model directory (config.json, shards, index, "
+                        "merge_report.json), written atomically")
+    p.add_argument("--max-shard-size", default=None,
+                   help=f"directory output: largest shard, e.g. 2GB, 500MB or bytes (default {DEFAULT_MAX_SHARD_SIZE}, "
+                        "transformers' default)")
+    p.add_argument("--routing", default=None, choices=list(ROUTING),
+                   help="routing profile: which tensors get the solver, the mean, the base or stay heads "
+                        "(default: detected from the base's keys)")
     p.add_argument("--report", default=None, help="per-layer report: report.json (+ report.csv)")
     p.add_argument("--heads-out", default=None, help="per-task heads file (default: <out stem>.heads.safetensors)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="compute device (default auto)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="compute dtype (default float32)")
-    p.add_argument("--head-pattern", default=DEFAULT_HEAD_PATTERN,
-                   help="full-match regex of task-specific heads, kept per task (default %(default)r; '' for none)")
+    p.add_argument("--head-pattern", default=None,
+                   help="full-match regex of task-specific heads, kept per task (default: the routing profile's, "
+                        "'head\\..*' for timm; '' for none)")
     p.add_argument("--include", nargs="+", default=None, help="full-match regexes of tensors to merge (default all)")
     p.add_argument("--exclude", nargs="+", default=None, help="full-match regexes of tensors to keep from the base")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--quiet", action="store_true", help="do not print the per-layer table")
     g = p.add_argument_group("method parameters (only the chosen method's; see `swudi-lab methods`)")
     for name, (param, owners) in _method_flags().items():
-        kw = dict(dest=f"param_{name}", default=argparse.SUPPRESS, help=f"{param.help} [{', '.join(owners)}]")
+        help_ = f"{param.help} [{', '.join(owners)}]".replace("%", "%%")  # argparse formats help with %
+        kw = dict(dest=f"param_{name}", default=argparse.SUPPRESS, help=help_)
         if param.type is bool:
             g.add_argument(param.flag, action="store_const", const=True, **kw)
         else:
@@ -106,12 +127,13 @@ def _cmd_merge(args) -> int:
     from swudi_lab.merge import merge_files
 
     params = _method_params(args)
+    heads = {} if args.head_pattern is None else {"head_pattern": args.head_pattern or None}
     report = merge_files(
         args.base, args.experts, args.out, args.method,
         report_path=args.report, heads_path=args.heads_out, tasks=args.tasks,
         progress=not args.no_progress, device=args.device, dtype=args.dtype,
-        head_pattern=args.head_pattern or None, include=args.include, exclude=args.exclude, preset=args.preset,
-        **params,
+        include=args.include, exclude=args.exclude, preset=args.preset, routing=args.routing,
+        max_shard_size=args.max_shard_size, **heads, **params,
     )
     if not args.quiet:
         print(report.to_table())
@@ -129,9 +151,10 @@ def _add_methods(sub) -> None:
 
 
 def _cmd_methods(args) -> int:
-    from swudi_lab.merge import describe_methods
+    from swudi_lab.merge import describe_methods, describe_routing
 
     print(describe_methods(args.names or None), end="")
+    print(describe_routing(), end="")
     return 0
 
 

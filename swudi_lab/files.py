@@ -12,7 +12,8 @@ leaves the target as it was and removes the temporary file.
 * :class:`AtomicFile` -- the same with explicit :meth:`~AtomicFile.commit` / :meth:`~AtomicFile.abort`,
   for writers that stream over many calls (:class:`swudi_lab.merge.io.SafetensorsWriter`);
 * :func:`atomic_dir` -- a whole directory, built beside the target and renamed into place;
-* :func:`sha256_file` -- the hex digest the zoo's manifests record.
+* :func:`sha256_file` -- the hex digest the zoo's manifests record;
+* :func:`require_extra` -- import a package of an optional extra, or a one-line error naming it.
 
 Written files get mode ``0o644`` (``tempfile`` creates them ``0o600``). At the bottom of the
 import layers: standard library only.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import os
 import shutil
 import tempfile
@@ -36,6 +38,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_dir",
     "sha256_file",
+    "require_extra",
 ]
 
 FILE_MODE = 0o644
@@ -158,3 +161,15 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def require_extra(module: str, extra: str = "hub"):
+    """Import ``module`` (a package of the optional ``extra``) or raise a one-line ``ImportError``.
+
+    The message names the extra: ``pip install "swudi_lab[hub]"``.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f'{module} is not installed: this needs the {extra} extra, '
+                          f'pip install "swudi_lab[{extra}]" ({e})') from None

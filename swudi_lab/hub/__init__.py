@@ -8,8 +8,6 @@ packages through :func:`require`, which names the extra when one is missing.
 
 from __future__ import annotations
 
-import importlib
-
 __all__ = ["require", "EXTRA_HINT"]
 
 EXTRA_HINT = 'pip install "swudi_lab[hub]"'
@@ -18,8 +16,6 @@ EXTRA_HINT = 'pip install "swudi_lab[hub]"'
 def require(module: str):
     """Import ``module`` (a package of the ``[hub]`` extra) or raise a one-line ``ImportError`` naming the extra."""
     import swudi_lab.torchvision_compat  # noqa: F401  (acts before transformers imports torchvision)
+    from swudi_lab.files import require_extra
 
-    try:
-        return importlib.import_module(module)
-    except ImportError as e:
-        raise ImportError(f"{module} is not installed: this needs the hub extra, {EXTRA_HINT} ({e})") from None
+    return require_extra(module, "hub")

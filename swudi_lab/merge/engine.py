@@ -6,14 +6,28 @@ in the compute dtype on the compute device, applies the method's rule, and write
 ``W0 + delta`` cast back to the base tensor's dtype. Peak memory is about one layer's stack plus
 the per-layer work (``merge_files`` streams the output to disk as well), never N whole models.
 
-Routing of a tensor (first match wins):
+Routing of a tensor follows a named profile (:mod:`~swudi_lab.merge.routing`: ``timm_vit``,
+``hf_clip``, ``generic``), detected from the base's keys or given as ``routing=NAME``
+(first match wins):
 
-1. its name full-matches ``head_pattern`` (default ``head\\..*``): a task-specific head, kept
-   per expert in ``heads[task]`` and left out of the merged state dict;
-2. it is not floating point (int buffers such as ``num_batches_tracked``), or it is not selected
-   by ``include`` / ``exclude``: copied from the base;
+1. its name full-matches ``head_pattern`` (default: the profile's, ``head\\..*`` for timm, also
+   ``classifier\\..*`` for HF CLIP): a task-specific head, kept per expert in ``heads[task]`` and
+   left out of the merged state dict;
+2. it is not floating point (int buffers such as ``num_batches_tracked``), it is not selected
+   by ``include`` / ``exclude``, the profile copies it, or only the base has it (a ``CLIPModel``
+   base's text tower against vision experts): copied from the base;
 3. a baseline method (``average``, ``task_arithmetic``, ``ties``): the method's rule;
-4. a WUDI-family method: the solver if the tensor is 2-D, else the mean of task vectors.
+4. a WUDI-family method: the solver or the mean of task vectors, as the profile says (every
+   built-in profile: the solver for 2-D matrices, the mean for the rest).
+
+Sources may be state dicts, modules, files, Hugging Face model directories or hub ids
+(:func:`~swudi_lab.merge.io.open_checkpoint`); expert keys are matched onto the base's layout
+(``vision_model.`` prefix or not, :func:`~swudi_lab.merge.routing.match_keys`) and the output
+keeps the base's layout. :func:`merge_files` writes a ``.safetensors`` file, or, for an HF base
+and an output path without that suffix, a model directory that ``from_pretrained`` loads:
+``config.json`` from the base, ``model.safetensors`` or shards with their index, the merge in
+every shard's metadata, ``merge_report.json`` / ``.csv``, built under a temporary name and
+renamed when complete.
 
 ``include`` and ``exclude`` are regular expressions (a string or a list) matched with
 ``re.fullmatch`` against the whole tensor name: a tensor is merged when it full-matches some
@@ -30,6 +44,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,14 +56,27 @@ from tqdm.auto import tqdm
 from ..config.presets import get_preset
 from ..spectral import Eig, eigh, interference_operator
 from . import methods as _methods  # noqa: F401  (fills the registry)
-from .io import Checkpoint, SafetensorsWriter, open_checkpoint, save_safetensors
+from ..files import atomic_dir
+from .io import (DEFAULT_MAX_SHARD_SIZE, Checkpoint, HFDirectoryCheckpoint, SafetensorsWriter,
+                 ShardedSafetensorsWriter, TORCH_SUFFIXES, is_hub_id, open_checkpoint, parse_size, save_safetensors)
 from .registry import Method, get_method, resolve_params
 from .report import MergeReport
+from .routing import DEFAULT_HEAD_PATTERN, RoutingProfile, detect_routing, get_routing, match_keys
 
 __all__ = ["MergeResult", "LayerProblem", "merge", "merge_files", "iter_layer_problems", "resolve_device",
-           "DEFAULT_HEAD_PATTERN"]
+           "DEFAULT_HEAD_PATTERN", "PROFILE_HEADS", "REPORT_NAME"]
 
-DEFAULT_HEAD_PATTERN = r"head\..*"
+
+class _ProfileHeads:
+    def __repr__(self) -> str:
+        return "PROFILE_HEADS"
+
+
+PROFILE_HEADS = _ProfileHeads()
+"""Default of ``head_pattern``: the routing profile's head pattern (``head\\..*`` for timm and generic)."""
+
+REPORT_NAME = "merge_report.json"
+"""The report inside a merged model directory (with ``merge_report.csv`` beside it)."""
 
 
 @dataclass
@@ -125,6 +153,14 @@ def _patterns(p) -> list[re.Pattern]:
 # ----------------------------------------------------------------------------- the plan
 
 
+def _source_name(source, i: int) -> str:
+    """A file's stem, a directory's or hub repository's name, else ``expert<i>``."""
+    if not isinstance(source, (str, os.PathLike)):
+        return f"expert{i}"
+    path = Path(str(source))
+    return path.name if path.is_dir() or is_hub_id(str(source)) else path.stem
+
+
 def _task_names(experts, tasks) -> tuple[list, list[str]]:
     if isinstance(experts, Mapping) and not all(isinstance(v, torch.Tensor) for v in experts.values()):
         names, sources = [str(k) for k in experts], list(experts.values())
@@ -135,8 +171,7 @@ def _task_names(experts, tasks) -> tuple[list, list[str]]:
         if tasks is not None:
             names = [str(t) for t in tasks]
         else:
-            names = [Path(str(s)).stem if isinstance(s, (str, os.PathLike)) else f"expert{i}"
-                     for i, s in enumerate(sources)]
+            names = [_source_name(s, i) for i, s in enumerate(sources)]
     if not sources:
         raise ValueError("no experts given: need at least one expert checkpoint")
     if len(names) != len(sources):
@@ -146,41 +181,51 @@ def _task_names(experts, tasks) -> tuple[list, list[str]]:
 
 
 class _Plan:
-    """Validated routing of every tensor: which keys merge, which come from the base, which are heads."""
+    """Validated routing of every tensor: which keys merge, which come from the base, which are heads.
 
-    def __init__(self, base, experts, tasks, head_pattern, include, exclude):
+    ``routes[key]``: ``base`` (copied), ``solver`` or ``mean`` (the profile's word for a WUDI-family
+    method); ``names[i][key]``: that tensor's name in expert ``i`` (the layouts may differ).
+    """
+
+    def __init__(self, base, experts, tasks, head_pattern, include, exclude, routing=None):
         sources, self.tasks = _task_names(experts, tasks)
+        chosen = None if routing is None else get_routing(routing)  # an unknown name fails before any download
         self.base: Checkpoint = open_checkpoint(base)
         self.experts: list[Checkpoint] = [open_checkpoint(s) for s in sources]
+        self.profile: RoutingProfile = detect_routing(self.base.keys()) if chosen is None else chosen
+        if head_pattern is PROFILE_HEADS:
+            head_pattern = self.profile.head
         head = re.compile(head_pattern) if head_pattern else None
         self.is_head = (lambda k: bool(head.fullmatch(k))) if head else (lambda k: False)
         inc, exc = _patterns(include), _patterns(exclude)
-        keys = [k for k in self.base.keys() if not self.is_head(k)]
-        for task, ck in zip(self.tasks, self.experts):
-            ek = {k for k in ck.keys() if not self.is_head(k)}
-            missing, extra = sorted(set(keys) - ek), sorted(ek - set(keys))
-            if missing or extra:
-                raise ValueError(
-                    f"expert {task!r} ({ck.label}) does not match the base ({self.base.label}): "
-                    f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
-                    f"unexpected {extra[:5]}{' ...' if len(extra) > 5 else ''}"
-                )
+        match = match_keys([k for k in self.base.keys() if not self.is_head(k)],
+                           [(task, ck.label, [k for k in ck.keys() if not self.is_head(k)])
+                            for task, ck in zip(self.tasks, self.experts)], self.base.label)
+        keys, self.base_only, self.names = match.keys, match.base_only, match.expert_keys
+        only = set(self.base_only)
+        for task, ck, names in zip(self.tasks, self.experts, self.names):
             for k in keys:
-                if ck.shape(k) != self.base.shape(k):
+                if k in only:
+                    continue
+                ek = names[k]
+                as_ = f" (as {ek!r})" if ek != k else ""
+                if ck.shape(ek) != self.base.shape(k):
                     raise ValueError(
-                        f"tensor {k!r}: expert {task!r} ({ck.label}) has shape {ck.shape(k)} but the base has "
+                        f"tensor {k!r}: expert {task!r} ({ck.label}) has shape {ck.shape(ek)}{as_} but the base has "
                         f"{self.base.shape(k)}"
                     )
-                if ck.dtype(k).is_floating_point != self.base.dtype(k).is_floating_point:
-                    raise ValueError(f"tensor {k!r}: expert {task!r} ({ck.label}) has dtype {ck.dtype(k)}, "
+                if ck.dtype(ek).is_floating_point != self.base.dtype(k).is_floating_point:
+                    raise ValueError(f"tensor {k!r}: expert {task!r} ({ck.label}) has dtype {ck.dtype(ek)}{as_}, "
                                      f"the base {self.base.dtype(k)}")
         self.keys = keys
         self.merged = {
             k for k in keys
-            if self.base.dtype(k).is_floating_point
+            if k not in only
+            and self.base.dtype(k).is_floating_point
             and (not inc or any(p.fullmatch(k) for p in inc))
             and not any(p.fullmatch(k) for p in exc)
         }
+        self.routes = {k: self.profile.route(k, self.base.shape(k)) if k in self.merged else "base" for k in keys}
         self.head_keys = {t: [k for k in ck.keys() if self.is_head(k)] for t, ck in zip(self.tasks, self.experts)}
 
     def layout(self) -> dict:
@@ -197,7 +242,7 @@ class _Plan:
         w0 = self.read(self.base, key, "the base").to(device=device, dtype=dtype)
         taus = torch.empty((len(self.experts),) + tuple(w0.shape), dtype=dtype, device=device)
         for i, (task, ck) in enumerate(zip(self.tasks, self.experts)):
-            taus[i] = self.read(ck, key, f"expert {task!r}").to(device=device, dtype=dtype) - w0
+            taus[i] = self.read(ck, self.names[i][key], f"expert {task!r}").to(device=device, dtype=dtype) - w0
         return w0, taus
 
 
@@ -213,12 +258,12 @@ def _merge_one(plan: _Plan, key: str, method: Method, params: dict, device, dtyp
     shape, out_dtype = plan.base.shape(key), plan.base.dtype(key)
     row = {"name": key, "shape": list(shape)}
     t0 = time.perf_counter()
-    if key not in plan.merged:
+    if plan.routes[key] == "base":
         out = plan.read(plan.base, key, "the base").clone()
         row["route"] = "base"
     else:
         w0, taus = plan.task_vectors(key, device, dtype)
-        if method.spectral and len(shape) != 2:
+        if method.spectral and plan.routes[key] == "mean":
             delta, info, route = taus.mean(0), {}, "mean"
         else:
             try:
@@ -252,7 +297,8 @@ def _iter_heads(plan: _Plan) -> Iterator[tuple[str, str, torch.Tensor]]:
 
 def _new_report(method: Method, params: dict, plan: _Plan, device, dtype, preset=None) -> MergeReport:
     meta = {"device": str(device), "dtype": str(dtype).replace("torch.", ""), "n_experts": len(plan.experts),
-            "tasks": plan.tasks, "base": plan.base.label, "experts": [c.label for c in plan.experts]}
+            "tasks": plan.tasks, "base": plan.base.label, "experts": [c.label for c in plan.experts],
+            "routing": plan.profile.name, "base_only": list(plan.base_only)}
     if preset is not None:
         meta["preset"] = get_preset(preset).name
     return MergeReport(method.name, dict(params), meta=meta)
@@ -268,27 +314,35 @@ def _prepare(method, params, device, dtype, preset, exclude):
 
 
 def merge(base, experts, method: str = "swudi", *, progress: bool = True, device="auto", dtype=torch.float32,
-          head_pattern: str | None = DEFAULT_HEAD_PATTERN, include=None, exclude=None,
-          tasks: Sequence[str] | None = None, preset: str | None = None, **params) -> MergeResult:
+          head_pattern: str | None = PROFILE_HEADS, include=None, exclude=None,
+          tasks: Sequence[str] | None = None, preset: str | None = None,
+          routing: str | RoutingProfile | None = None, **params) -> MergeResult:
     """Merge ``experts`` into ``base`` in memory with a registered method.
 
     Args:
-        base: state dict, ``nn.Module`` (timm models included), or a checkpoint path / spec.
-        experts: list of the same kinds, or a dict ``task -> expert`` (names the heads).
+        base: state dict, ``nn.Module`` (timm models included), a checkpoint path / spec, a
+            Hugging Face model directory or a hub id (``"openai/clip-vit-base-patch32"``).
+        experts: list of the same kinds, or a dict ``task -> expert`` (names the heads). Their
+            keys are matched onto the base's layout (``vision_model.`` prefix or not).
         method: a name in :data:`~swudi_lab.merge.registry.METHODS`; ``**params`` its parameters
             (unknown ones raise ``ValueError``), e.g. ``merge(b, e, "swudi", t=1300, ratio=0.65)``.
         device: ``"auto"`` | ``"cpu"`` | ``"cuda"``. dtype: compute dtype, float32 or float64.
-        head_pattern: full-match regex of task-specific head tensors (``None``: no heads).
+        head_pattern: full-match regex of task-specific head tensors (default: the routing
+            profile's; ``None``: no heads).
         include, exclude: full-match regexes selecting the tensors to merge (others: base).
-        tasks: names of the experts (default: file stems or ``expert0``, ``expert1``, ...).
+        tasks: names of the experts (default: file stems, directory names or ``expert0``, ...).
         preset: a name in :data:`~swudi_lab.config.PRESETS` (``"clip-vit-b32"``): its published
             values for ``method`` under ``**params``, and its ``exclude`` patterns added.
+        routing: a profile name of :data:`~swudi_lab.merge.routing.ROUTING` (``"timm_vit"``,
+            ``"hf_clip"``, ``"generic"``) or a :class:`~swudi_lab.merge.routing.RoutingProfile`
+            (default: detected from the base's keys).
 
     Returns :class:`MergeResult` with ``state_dict`` (every non-head base tensor, in the base's
-    dtype), ``heads[task][name]`` and the per-layer ``report``.
+    layout and dtype), ``heads[task][name]`` and the per-layer ``report`` (``meta["routing"]``:
+    the profile; ``meta["base_only"]``: the keys only the base has, copied).
     """
     m, params, device, dtype, exclude = _prepare(method, params, device, dtype, preset, exclude)
-    plan = _Plan(base, experts, tasks, head_pattern, include, exclude)
+    plan = _Plan(base, experts, tasks, head_pattern, include, exclude, routing)
     report = _new_report(m, params, plan, device, dtype, preset)
     state = {}
     for key, out, row in _stream(plan, m, params, device, dtype, progress):
@@ -301,63 +355,145 @@ def merge(base, experts, method: str = "swudi", *, progress: bool = True, device
     return MergeResult(state, heads, report)
 
 
+def _input_paths(plan: _Plan) -> set[Path]:
+    """Every file and directory the merge reads (resolved)."""
+    out = {Path(c.label).resolve() for c in [plan.base, *plan.experts] if Path(c.label).is_file()}
+    for c in [plan.base, *plan.experts]:
+        out.update(p.resolve() for p in c.files())
+    return out
+
+
+def _check_out_dir(out: Path, inputs: set[Path]) -> None:
+    """A directory output may replace a previous merge output, never an input or anything else."""
+    res = out.resolve()
+    for p in inputs:
+        if p == res or res in p.parents:
+            raise ValueError(f"output {out} is or contains the input {p}; inputs are never modified")
+    if out.is_file():
+        raise ValueError(f"output {out} is an existing file; a merged model directory needs a new path")
+    if out.is_dir() and any(out.iterdir()) and not (out / REPORT_NAME).is_file():
+        raise ValueError(f"output {out} is a non-empty directory that is no merge output (no {REPORT_NAME}); "
+                         "refusing to replace it")
+
+
 def merge_files(base_path, expert_paths: Sequence, out_path, method: str = "swudi", *,
                 report_path=None, heads_path=None, tasks: Sequence[str] | None = None, progress: bool = True,
-                device="auto", dtype=torch.float32, head_pattern: str | None = DEFAULT_HEAD_PATTERN,
-                include=None, exclude=None, preset: str | None = None, **params) -> MergeReport:
-    """Merge checkpoint files into ``out_path`` (``.safetensors``), streaming tensor by tensor.
+                device="auto", dtype=torch.float32, head_pattern: str | None = PROFILE_HEADS,
+                include=None, exclude=None, preset: str | None = None, routing: str | RoutingProfile | None = None,
+                max_shard_size: int | str | None = None, **params) -> MergeReport:
+    """Merge checkpoints into ``out_path``, streaming tensor by tensor.
 
-    Same semantics as :func:`merge`. The output holds every non-head base tensor, written in
-    sorted order through a temporary file renamed at the end: on any error (bad input, NaN,
-    a failing layer) no output file is left behind. Heads (if the experts have any) go to
-    ``heads_path`` (default ``<out stem>.heads.safetensors``) as ``"<task>/<name>"``. The per-layer
-    report is returned and, with ``report_path``, written as JSON and CSV. On CPU two runs give
-    bitwise-identical files (fixed metadata, sorted keys).
+    Same semantics as :func:`merge`. ``out_path`` is
+
+    - a ``.safetensors`` file: every non-head base tensor, written in sorted order through a
+      temporary file renamed at the end;
+    - a directory (a path without that suffix), when the base is a Hugging Face model
+      directory or hub id: ``config.json`` copied from the base, ``model.safetensors`` or shards
+      ``model-0000k-of-0000n.safetensors`` of at most ``max_shard_size`` (``"5GB"``, ``"500MB"``,
+      bytes; default transformers' ``"50GB"``) with ``model.safetensors.index.json``, the merge in
+      every shard's metadata (``swudi_lab.method``, ``.params``, ``.experts``, ``.tasks``,
+      ``.routing``), ``merge_report.json`` and ``.csv``, heads in ``heads.safetensors``. The
+      directory is built under a temporary name beside ``out_path`` and renamed when complete;
+      it may replace a previous merge output, never an input or another non-empty directory.
+      ``transformers`` loads it with ``from_pretrained(out_path)``.
+
+    On any error (bad input, NaN, a failing layer) nothing is left behind. Heads (if the experts
+    have any) go to ``heads_path`` (default ``<out stem>.heads.safetensors``, or inside the
+    directory) as ``"<task>/<name>"``. The per-layer report is returned and, with ``report_path``,
+    written as JSON and CSV. On CPU two runs give bitwise-identical weight files (fixed
+    metadata, sorted keys).
     """
     out_path = Path(out_path)
-    if out_path.suffix.lower() != ".safetensors":
-        raise ValueError(f"output must be a .safetensors file, got {out_path}")
+    suffix = out_path.suffix.lower()
+    to_dir = suffix != ".safetensors"
+    if to_dir and suffix in TORCH_SUFFIXES:
+        raise ValueError(f"output must be a .safetensors file (or a model directory), got {out_path}")
+    if max_shard_size is not None:
+        if not to_dir:
+            raise ValueError(f"max_shard_size applies to a model directory output, not to the file {out_path}")
+        parse_size(max_shard_size)
     m, params, device, dtype, exclude = _prepare(method, params, device, dtype, preset, exclude)
-    plan = _Plan(base_path, expert_paths, tasks, head_pattern, include, exclude)
-    inputs = {Path(c.label).resolve() for c in [plan.base, *plan.experts] if Path(c.label).is_file()}
+    plan = _Plan(base_path, expert_paths, tasks, head_pattern, include, exclude, routing)
+    if to_dir and not isinstance(plan.base, HFDirectoryCheckpoint):
+        raise ValueError(f"output must be a .safetensors file, got {out_path} (a model directory output needs "
+                         f"a Hugging Face model directory or hub id as the base, not {plan.base.label})")
+    inputs = _input_paths(plan)
     targets = [out_path] + ([Path(heads_path)] if heads_path else [])
     for p in targets:
         if p.resolve() in inputs:
             raise ValueError(f"output {p} is one of the inputs; inputs are never modified")
+    if to_dir:
+        _check_out_dir(out_path, inputs)
     report = _new_report(m, params, plan, device, dtype, preset)
     metadata = {"format": "pt", "swudi_lab.method": m.name,
                 "swudi_lab.params": json.dumps(params, sort_keys=True), "swudi_lab.tasks": json.dumps(plan.tasks)}
     t0 = time.perf_counter()
-    with SafetensorsWriter(out_path, plan.layout(), metadata) as writer:
-        for key, out, row in _stream(plan, m, params, device, dtype, progress):
-            writer.write(key, out)
-            report.add(**row)
-        heads = {}
-        for task, k, t in _iter_heads(plan):
-            heads[f"{task}/{k}"] = t
-            report.add(name=f"{task}/{k}", shape=list(t.shape), route="head")
-        if heads:
-            heads_path = Path(heads_path) if heads_path else out_path.with_name(out_path.stem + ".heads.safetensors")
-            save_safetensors(heads, heads_path, {"format": "pt", "swudi_lab.tasks": json.dumps(plan.tasks)})
-            report.meta["heads"] = str(heads_path)
-    report.meta.update(output=str(out_path), seconds=time.perf_counter() - t0)
+    if to_dir:
+        metadata.update({"swudi_lab.experts": json.dumps([c.label for c in plan.experts]),
+                         "swudi_lab.base": plan.base.label, "swudi_lab.routing": plan.profile.name})
+        _write_model_dir(plan, m, params, device, dtype, progress, out_path, metadata, report, heads_path,
+                         max_shard_size or DEFAULT_MAX_SHARD_SIZE, t0)
+    else:
+        with SafetensorsWriter(out_path, plan.layout(), metadata) as writer:
+            for key, out, row in _stream(plan, m, params, device, dtype, progress):
+                writer.write(key, out)
+                report.add(**row)
+            _write_heads(plan, report, heads_path or out_path.with_name(out_path.stem + ".heads.safetensors"))
+        report.meta.update(output=str(out_path), seconds=time.perf_counter() - t0)
     if report_path is not None:
         report.write(report_path)
     return report
 
 
-def iter_layer_problems(base, experts, *, device="cpu", dtype=torch.float32,
-                        head_pattern: str | None = DEFAULT_HEAD_PATTERN, include=None, exclude=None,
-                        tasks: Sequence[str] | None = None, progress: bool = False) -> Iterator[LayerProblem]:
-    """Yield every merged 2-D weight's :class:`LayerProblem` ``(name, taus, C, D, eig, base)``.
 
-    Same inputs and selection as :func:`merge`, one layer at a time, so notebooks can study
-    spectra, filters and rank rules without re-implementing task-vector plumbing. ``C``, ``D``
-    from :func:`~swudi_lab.spectral.interference_operator`, ``eig`` from :func:`~swudi_lab.spectral.eigh`.
+def _write_heads(plan: _Plan, report: MergeReport, path: Path, shown: Path | None = None) -> None:
+    """The experts' heads (if any) into ``path`` as ``"<task>/<name>"``; ``shown``: the path the report names."""
+    heads = {}
+    for task, k, t in _iter_heads(plan):
+        heads[f"{task}/{k}"] = t
+        report.add(name=f"{task}/{k}", shape=list(t.shape), route="head")
+    if heads:
+        save_safetensors(heads, path, {"format": "pt", "swudi_lab.tasks": json.dumps(plan.tasks)})
+        report.meta["heads"] = str(shown or path)
+
+
+def _write_model_dir(plan: _Plan, m: Method, params: dict, device, dtype, progress: bool, out: Path,
+                     metadata: dict, report: MergeReport, heads_path, max_shard_size, t0: float) -> None:
+    """Build the merged model directory in a temporary one beside ``out`` and rename it onto ``out``."""
+    with atomic_dir(out) as tmp:
+        shutil.copyfile(plan.base.config_path, tmp / "config.json")
+        writer = ShardedSafetensorsWriter(tmp, plan.layout(), metadata, max_shard_size)
+        try:
+            for key, t, row in _stream(plan, m, params, device, dtype, progress):
+                writer.write(key, t)
+                report.add(**row)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        if heads_path:
+            _write_heads(plan, report, Path(heads_path))
+        else:
+            _write_heads(plan, report, tmp / "heads.safetensors", out / "heads.safetensors")
+        report.meta.update(output=str(out), shards=list(writer.shards), max_shard_size=str(max_shard_size),
+                           seconds=time.perf_counter() - t0)
+        report.write(tmp / REPORT_NAME)
+
+
+def iter_layer_problems(base, experts, *, device="cpu", dtype=torch.float32,
+                        head_pattern: str | None = PROFILE_HEADS, include=None, exclude=None,
+                        tasks: Sequence[str] | None = None, progress: bool = False,
+                        routing: str | RoutingProfile | None = None) -> Iterator[LayerProblem]:
+    """Yield the :class:`LayerProblem` ``(name, taus, C, D, eig, base)`` of every tensor routed to the solver.
+
+    Same inputs, selection and routing as :func:`merge` (every profile: the merged 2-D weights),
+    one layer at a time, so notebooks can study spectra, filters and rank rules without
+    re-implementing task-vector plumbing. ``C``, ``D`` from
+    :func:`~swudi_lab.spectral.interference_operator`, ``eig`` from :func:`~swudi_lab.spectral.eigh`.
     """
     device, dtype = resolve_device(device), _resolve_dtype(dtype)
-    plan = _Plan(base, experts, tasks, head_pattern, include, exclude)
-    keys = [k for k in plan.keys if k in plan.merged and len(plan.base.shape(k)) == 2]
+    plan = _Plan(base, experts, tasks, head_pattern, include, exclude, routing)
+    keys = [k for k in plan.keys if plan.routes[k] == "solver"]
     with _no_tf32(), torch.no_grad():
         for key in tqdm(keys, desc="layers", disable=not progress):
             w0, taus = plan.task_vectors(key, device, dtype)

@@ -7,6 +7,16 @@ Reading never executes pickled code: ``.safetensors`` files are opened with ``sa
 - a state dict (``{name: tensor}``) or an ``nn.Module`` (timm models included; its
   ``state_dict()`` is used),
 - a path to a ``.safetensors`` / ``.pt`` / ``.pth`` / ``.bin`` file,
+- a Hugging Face model directory (:class:`HFDirectoryCheckpoint`): ``config.json`` with
+  ``model.safetensors``, or with shards ``model-0000k-of-0000n.safetensors`` and their
+  ``model.safetensors.index.json``; a pickled ``pytorch_model.bin`` only when there is no
+  safetensors file, read weights-only. Tensors are read one at a time across the shards;
+- a hub id ``"owner/name"`` (a string that is no existing path and has that form, e.g.
+  ``"openai/clip-vit-base-patch32"``): fetched with ``huggingface_hub.snapshot_download``
+  (``*.safetensors`` and ``*.json`` only; ``pytorch_model.bin`` only when the repository has no
+  safetensors), into the cache the ``HF_HOME`` / ``HF_HUB_CACHE`` variables name, then read as a
+  directory. Offline (``HF_HUB_OFFLINE=1``, no network) and not cached: a ``FileNotFoundError``
+  naming the id, within seconds. Needs the ``[hub]`` extra (``huggingface_hub``);
 - ``"timm:NAME@PATH"``: the timm model ``NAME`` built offline and loaded from the local weights
   file ``PATH`` (so its keys are timm's), or ``"timm:NAME"`` / ``"hf:REPO/FILE"`` to download
   from a model hub (optional; for Colab, never used by the tests).
@@ -20,6 +30,10 @@ Writing (:class:`SafetensorsWriter`, :func:`save_safetensors`) goes to a tempora
 target directory that is renamed over the target only when everything has been written, so a
 failure never leaves a partial output behind. The byte layout depends only on the tensors and
 the metadata (keys sorted, no timestamps): the same inputs give bitwise-identical files.
+:class:`ShardedSafetensorsWriter` streams into a model directory as transformers lays it out
+(``model.safetensors``, or shards above ``max_shard_size`` plus the index); the engine builds
+that directory under a temporary name and renames it when complete
+(:func:`swudi_lab.files.atomic_dir`).
 """
 
 from __future__ import annotations
@@ -27,26 +41,42 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import struct
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 
-from ..files import AtomicFile
+from ..files import AtomicFile, require_extra
 
 __all__ = [
     "Checkpoint",
     "DictCheckpoint",
     "SafetensorsCheckpoint",
+    "HFDirectoryCheckpoint",
     "open_checkpoint",
+    "is_hub_id",
+    "fetch_hub_model",
     "load_state_dict",
     "load_timm",
     "SafetensorsWriter",
     "save_safetensors",
+    "ShardedSafetensorsWriter",
+    "parse_size",
+    "plan_shards",
+    "DEFAULT_MAX_SHARD_SIZE",
 ]
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+CHECKPOINT_SUFFIXES = (".safetensors",) + TORCH_SUFFIXES
+
+SAFE_WEIGHTS_NAME = "model.safetensors"
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+TORCH_WEIGHTS_NAME = "pytorch_model.bin"
+CONFIG_NAME = "config.json"
+DEFAULT_MAX_SHARD_SIZE = "50GB"
+"""``max_shard_size`` default of transformers 5's ``PreTrainedModel.save_pretrained``."""
 
 # safetensors dtype codes <-> torch dtypes
 _ST_DTYPES = {
@@ -81,6 +111,10 @@ class Checkpoint:
     def get(self, key: str) -> torch.Tensor:
         """The tensor ``key`` on the CPU. Never a view the caller could write back into the source."""
         raise NotImplementedError
+
+    def files(self) -> list[Path]:
+        """The files (and directories) this checkpoint reads from; an output must be none of them."""
+        return []
 
     def __contains__(self, key: str) -> bool:
         return key in set(self.keys())
@@ -153,6 +187,96 @@ class SafetensorsCheckpoint(Checkpoint):
             return self._f.get_tensor(key)
         except Exception as e:
             raise ValueError(f"cannot read tensor {key!r} from {self.label}: {e}") from None
+
+    def files(self) -> list[Path]:
+        return [self.path]
+
+    def metadata(self) -> dict[str, str]:
+        """The file's ``__metadata__`` (empty when it has none)."""
+        return dict(self._f.metadata() or {})
+
+
+class HFDirectoryCheckpoint(Checkpoint):
+    """A Hugging Face model directory, read one tensor at a time across its shards.
+
+    ``config.json`` must be there. Weights, in transformers' order of preference:
+    ``model.safetensors``, the shards named by ``model.safetensors.index.json`` (every file it
+    names must exist and hold the keys the index gives it), or ``pytorch_model.bin``
+    (weights-only ``torch.load``; a sharded one is refused).
+    Everything is checked when the directory is opened, before any tensor is read.
+    ``label`` names it in errors (default: the path; the hub id for a fetched repository).
+    """
+
+    def __init__(self, path: str | os.PathLike, label: str | None = None):
+        self.path = Path(path)
+        self.label = label or str(path)
+        self.config_path = self.path / CONFIG_NAME
+        if not self.config_path.is_file():
+            raise FileNotFoundError(f"{self.label}: no {CONFIG_NAME} in model directory {self.path}")
+        index = self.path / SAFE_WEIGHTS_INDEX_NAME
+        single = self.path / SAFE_WEIGHTS_NAME
+        self._files: list[Path] = [self.path]
+        self._where: dict[str, Checkpoint] = {}
+        if single.is_file():  # transformers' order: model.safetensors before the index
+            self.index_path = None
+            ck = SafetensorsCheckpoint(single)
+            self._where = {k: ck for k in ck.keys()}
+            self._files.append(single)
+        elif index.is_file():
+            self.index_path = index
+            self._open_index(index)
+        elif (self.path / TORCH_WEIGHTS_NAME).is_file():
+            self.index_path = None
+            pt = self.path / TORCH_WEIGHTS_NAME
+            ck = DictCheckpoint(load_state_dict(pt), str(pt))
+            self._where = {k: ck for k in ck.keys()}
+            self._files.append(pt)
+        elif (self.path / (TORCH_WEIGHTS_NAME + ".index.json")).is_file():
+            raise ValueError(f"{self.label}: model directory {self.path} holds a sharded {TORCH_WEIGHTS_NAME}; "
+                             "only safetensors shards are read (convert it, e.g. with save_pretrained)")
+        else:
+            raise FileNotFoundError(
+                f"{self.label}: model directory {self.path} has no {SAFE_WEIGHTS_NAME}, {SAFE_WEIGHTS_INDEX_NAME} "
+                f"or {TORCH_WEIGHTS_NAME}"
+            )
+        self._keys = sorted(self._where)
+
+    def _open_index(self, index: Path) -> None:
+        try:
+            data = json.loads(index.read_text(encoding="utf-8"))
+            weight_map = data["weight_map"]
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise TypeError("weight_map is not a {tensor: file} object")
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"cannot read shard index {index}: {type(e).__name__}: {e}") from None
+        shards: dict[str, SafetensorsCheckpoint] = {}
+        for name in sorted(set(weight_map.values())):
+            shard = self.path / name
+            if Path(name).name != name:
+                raise ValueError(f"shard index {index} names {name!r}, not a file in {self.path}")
+            if not shard.is_file():
+                raise FileNotFoundError(f"shard {shard} named by {index} not found")
+            shards[name] = SafetensorsCheckpoint(shard)
+            self._files.append(shard)
+        for key, name in weight_map.items():
+            if key not in shards[name]._meta:
+                raise ValueError(f"shard index {index} puts tensor {key!r} in {name}, which does not hold it")
+            self._where[key] = shards[name]
+
+    def keys(self) -> list[str]:
+        return self._keys
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._where[key].shape(key)
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self._where[key].dtype(key)
+
+    def get(self, key: str) -> torch.Tensor:
+        return self._where[key].get(key)
+
+    def files(self) -> list[Path]:
+        return list(self._files)
 
 
 def _unwrap_torch_checkpoint(obj, label: str) -> dict:
@@ -245,8 +369,44 @@ def _hf_download(spec: str) -> Path:  # pragma: no cover - network, never used b
     return Path(hf_hub_download(repo_id=repo, filename=filename))
 
 
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+def is_hub_id(source) -> bool:
+    """``True`` for a string of the form ``owner/name`` that is no existing path and no checkpoint file name."""
+    if not isinstance(source, str) or not _HUB_ID.fullmatch(source) or ".." in source:
+        return False
+    return not Path(source).exists() and not source.lower().endswith(CHECKPOINT_SUFFIXES)
+
+
+def fetch_hub_model(repo_id: str) -> Path:
+    """The local snapshot directory of hub repository ``repo_id`` (downloaded into the HF cache if needed).
+
+    Only ``*.safetensors`` and ``*.json`` files are fetched; ``pytorch_model.bin`` only when the
+    repository has no safetensors file. Any failure (offline, no network, unknown repository) is a
+    ``FileNotFoundError`` naming ``repo_id``.
+    """
+    hub = require_extra("huggingface_hub")
+
+    def get(patterns):
+        try:
+            return Path(hub.snapshot_download(repo_id, allow_patterns=patterns))
+        except Exception as e:  # offline, connection refused, repository not found, gated
+            cause = str(e).strip().splitlines()
+            raise FileNotFoundError(
+                f"hub model {repo_id!r} could not be fetched and is no local path "
+                f"({type(e).__name__}: {' '.join(cause[:2])}); offline it must already be in the HF cache "
+                "(HF_HOME / HF_HUB_CACHE), or give a local model directory"
+            ) from None
+
+    snap = get(["*.safetensors", "*.json"])
+    if not any(snap.glob("*.safetensors")):
+        snap = get([TORCH_WEIGHTS_NAME, "*.json"])
+    return snap
+
+
 def open_checkpoint(source, label: str | None = None) -> Checkpoint:
-    """Wrap a state dict, module, file path or ``timm:`` / ``hf:`` spec as a :class:`Checkpoint`.
+    """Wrap a state dict, module, file path, model directory, hub id or ``timm:`` / ``hf:`` spec as a :class:`Checkpoint`.
 
     ``label`` names the source in error messages (default: the path, or ``"state dict"``).
     """
@@ -264,7 +424,11 @@ def open_checkpoint(source, label: str | None = None) -> Checkpoint:
             return DictCheckpoint(model.state_dict(), label or spec)
         if spec.startswith("hf:"):  # pragma: no cover - network
             source = _hf_download(spec[3:])
+        elif isinstance(source, str) and is_hub_id(source):
+            return HFDirectoryCheckpoint(fetch_hub_model(source), label or source)
         path = Path(source)
+        if path.is_dir():
+            return HFDirectoryCheckpoint(path, label)
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint file not found: {path}" + (f" ({label})" if label else ""))
         if not os.access(path, os.R_OK):
@@ -274,7 +438,8 @@ def open_checkpoint(source, label: str | None = None) -> Checkpoint:
         return DictCheckpoint(load_state_dict(path), label or str(path))
     raise ValueError(
         f"cannot use a {type(source).__name__} as a checkpoint: give a state dict, an nn.Module, "
-        "a .safetensors/.pt/.pth/.bin path, or 'timm:NAME@PATH'"
+        "a .safetensors/.pt/.pth/.bin path, a Hugging Face model directory or hub id 'owner/name', "
+        "or 'timm:NAME@PATH'"
     )
 
 
@@ -370,3 +535,123 @@ def save_safetensors(state_dict: Mapping[str, torch.Tensor], path: str | os.Path
         for k in w.order:
             w.write(k, state_dict[k])
     return Path(path)
+
+
+# ----------------------------------------------------------------------------- model directories
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes from ``max_shard_size`` as transformers reads it: an int, ``"1000"``, ``"5GB"`` (10^9),
+    ``"500MB"``, ``"10KB"``, ``"2GiB"`` (2^30), ``"5MiB"``, ``"1KiB"`` (``"5Gb"``: bits)."""
+    text = str(size).strip()
+    m = re.fullmatch(r"(\d+)\s*([KMG]i?[Bb])?", text, flags=re.IGNORECASE)
+    if isinstance(size, bool) or m is None:
+        raise ValueError(f"max_shard_size {size!r}: expected bytes or a size such as '5GB', '500MB', '2GiB'")
+    n, unit = int(m.group(1)), m.group(2)
+    if unit is not None:
+        power = {"K": 1, "M": 2, "G": 3}[unit[0].upper()]
+        if unit[1].lower() == "i":
+            n *= 2 ** (10 * power)
+        else:
+            n *= 10 ** (3 * power)
+            if unit.endswith("b"):
+                n //= 8
+    if n <= 0:
+        raise ValueError(f"max_shard_size {size!r} must be positive")
+    return n
+
+
+def _nbytes(shape: Sequence[int], dtype: torch.dtype) -> int:
+    n = dtype.itemsize
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def plan_shards(layout: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
+                max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE) -> dict[str, list[str]]:
+    """``{file name: [keys]}``: the sorted keys cut into consecutive shards of at most ``max_shard_size``
+    bytes (a tensor larger than that gets a shard of its own), named as transformers names them:
+    ``model.safetensors`` for one shard, else ``model-00001-of-0000n.safetensors`` ...
+    """
+    limit = parse_size(max_shard_size)
+    shards: list[list[str]] = []
+    size = 0
+    for k in sorted(layout):
+        n = _nbytes(*layout[k])
+        if not shards or size + n > limit:
+            shards.append([])
+            size = 0
+        shards[-1].append(k)
+        size += n
+    if len(shards) <= 1:
+        return {SAFE_WEIGHTS_NAME: shards[0] if shards else []}
+    return {f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors": keys for i, keys in enumerate(shards)}
+
+
+class ShardedSafetensorsWriter:
+    """Stream tensors into ``directory`` as transformers lays out a model's weights.
+
+    One ``model.safetensors``, or shards ``model-0000k-of-0000n.safetensors`` of at most
+    ``max_shard_size`` bytes (:func:`plan_shards`) plus ``model.safetensors.index.json``
+    (``{"metadata": {"total_size": bytes}, "weight_map": {key: file}}``). Every shard carries
+    ``metadata``. Tensors are written in ``order`` (sorted); each shard is renamed into place when
+    full and the index is written by :meth:`close`, so build ``directory`` as a temporary one
+    (:func:`swudi_lab.files.atomic_dir`) to make the whole directory appear at once.
+    """
+
+    def __init__(self, directory: str | os.PathLike, layout: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
+                 metadata: Mapping[str, str] | None = None, max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE):
+        self.directory = Path(directory)
+        self.order = sorted(layout)
+        self._layout = dict(layout)
+        self._metadata = dict(metadata or {})
+        self.shards = plan_shards(layout, max_shard_size)
+        self.weight_map = {k: name for name, keys in self.shards.items() for k in keys}
+        self.total_size = sum(_nbytes(*layout[k]) for k in self.order)
+        self._pending = list(self.shards.items())
+        self._writer: SafetensorsWriter | None = None
+        self._left = 0
+        self.files: list[Path] = []
+
+    def _open_next(self) -> None:
+        name, keys = self._pending.pop(0)
+        self._writer = SafetensorsWriter(self.directory / name, {k: self._layout[k] for k in keys}, self._metadata)
+        self._left = len(keys)
+        self.files.append(self.directory / name)
+
+    def write(self, key: str, tensor: torch.Tensor) -> None:
+        """Write the next tensor (``order``), opening and closing shards as they fill."""
+        if self._writer is None:
+            if not self._pending:
+                raise ValueError(f"ShardedSafetensorsWriter: got {key!r}, every tensor is written already")
+            self._open_next()
+        self._writer.write(key, tensor)
+        self._left -= 1
+        if self._left == 0:
+            self._writer.close()
+            self._writer = None
+
+    def close(self) -> Path | None:
+        """Check completeness and write the index (when sharded); returns the index path or ``None``."""
+        while self._writer is None and self._pending and not self._pending[0][1]:  # no tensors at all
+            self._open_next()
+            self._writer.close()
+            self._writer = None
+        if self._writer is not None or self._pending:
+            self.abort()
+            raise ValueError(f"ShardedSafetensorsWriter: not every tensor was written to {self.directory}")
+        if len(self.shards) == 1:
+            return None
+        index = {"metadata": {"total_size": self.total_size}, "weight_map": self.weight_map}
+        path = self.directory / SAFE_WEIGHTS_INDEX_NAME
+        with AtomicFile(path) as f:
+            f.tmp.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        self.files.append(path)
+        return path
+
+    def abort(self) -> None:
+        """Remove the shard being written (finished shards stay: the directory is a temporary one)."""
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
