@@ -24,7 +24,7 @@ from PIL import Image
 from swudi_lab.hub import data as D  # importable without the [hub] extra
 from swudi_lab.hub import heads as H
 from swudi_lab.hub import tasks as T
-from swudi_lab.hub.fetch import HubUnavailableError
+from swudi_lab.merge.fetch import HubUnavailableError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -41,7 +41,7 @@ from ..merge import METHODS, merge, resolve_device, resolve_params
 from . import require
 from .convert import detect_hf_prefix, open_hf
 from .data import load_test_set
-from .fetch import resolve_source
+from ..merge.fetch import resolve_source
 from .heads import head_path, image_logits, load_clip, zeroshot_head
 from .tasks import TA8, base_model_id, expert_ids, get_family, get_task
 

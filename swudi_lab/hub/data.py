@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from . import require
-from .fetch import match_files, resolve_source
+from ..merge.fetch import match_files, resolve_source
 from .tasks import TaskSpec, get_task
 
 __all__ = ["OPENAI_MEAN", "OPENAI_STD", "preprocess", "balanced_subsample", "test_files", "TestSet",

@@ -39,7 +39,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from . import require
-from .fetch import is_local, resolve_source
+from ..merge.fetch import is_local, resolve_source
 from .tasks import TaskSpec, get_task, prompts_hash
 
 __all__ = ["ZeroShotHead", "HeadCacheError", "DEFAULT_CACHE_DIR", "HEAD_FORMAT", "MODEL_PATTERNS",

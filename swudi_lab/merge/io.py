@@ -48,7 +48,7 @@ from typing import Mapping, Sequence
 
 import torch
 
-from ..files import AtomicFile, require_extra
+from ..files import AtomicFile
 
 __all__ = [
     "Checkpoint",
@@ -383,21 +383,19 @@ def fetch_hub_model(repo_id: str) -> Path:
     """The local snapshot directory of hub repository ``repo_id`` (downloaded into the HF cache if needed).
 
     Only ``*.safetensors`` and ``*.json`` files are fetched; ``pytorch_model.bin`` only when the
-    repository has no safetensors file. Any failure (offline, no network, unknown repository) is a
-    ``FileNotFoundError`` naming ``repo_id``.
+    repository has no safetensors file. Through :func:`swudi_lab.merge.fetch.resolve_source`: offline
+    or unreachable, the HF cache is used, else a ``FileNotFoundError`` naming ``repo_id`` comes
+    within seconds.
     """
-    hub = require_extra("huggingface_hub")
+    from .fetch import HubUnavailableError, resolve_source
 
     def get(patterns):
         try:
-            return Path(hub.snapshot_download(repo_id, allow_patterns=patterns))
-        except Exception as e:  # offline, connection refused, repository not found, gated
-            cause = str(e).strip().splitlines()
+            return resolve_source(repo_id, repo_type="model", allow_patterns=patterns, what=f"hub model {repo_id!r}")
+        except HubUnavailableError as e:
             raise FileNotFoundError(
-                f"hub model {repo_id!r} could not be fetched and is no local path "
-                f"({type(e).__name__}: {' '.join(cause[:2])}); offline it must already be in the HF cache "
-                "(HF_HOME / HF_HUB_CACHE), or give a local model directory"
-            ) from None
+                f"hub model {repo_id!r} could not be fetched and is no local path ({e}); offline it must already "
+                "be in the HF cache (HF_HOME / HF_HUB_CACHE), or give a local model directory") from None
 
     snap = get(["*.safetensors", "*.json"])
     if not any(snap.glob("*.safetensors")):

@@ -1,7 +1,8 @@
 """Fetch part of a hub repository, or use a local folder in its place, failing fast and clearly offline.
 
-:func:`resolve_source` is the one door through which :mod:`.heads` (models) and :mod:`.data`
-(test sets) reach the hub: a path to an existing folder is used as it is; anything else is a hub
+:func:`resolve_source` is the one door to the hub: the engine's hub-id sources
+(:func:`swudi_lab.merge.io.open_checkpoint`), and the benchmark's models and test sets
+(:mod:`swudi_lab.hub.heads`, :mod:`swudi_lab.hub.data`). A path to an existing folder is used as it is; a path to an existing folder is used as it is; anything else is a hub
 id, fetched with ``huggingface_hub.snapshot_download`` restricted to ``allow_patterns``.
 
 Offline behaviour, decided at call time (not only when ``huggingface_hub`` was first imported):
@@ -21,15 +22,15 @@ import os
 import re
 from pathlib import Path
 
-from . import require
+from ..files import require_extra as require
 
-__all__ = ["HubUnavailableError", "resolve_source", "is_local", "hub_offline", "match_files"]
+__all__ = ["HubUnavailableError", "resolve_source", "is_local", "is_hub_id", "hub_offline", "match_files"]
 
 _TRUE = {"1", "on", "yes", "true"}
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 
 
-class HubUnavailableError(OSError):
+class HubUnavailableError(FileNotFoundError):
     """A hub repository (or the files asked of it) could not be fetched and is not in the local cache."""
 
 
