@@ -11,7 +11,8 @@
     swudi-lab zoo build --root DIR --lr 3e-4 [--steps N] [--head-scale S] [--trainable attention]
                                                          (a fine-tuning variant, in its own root)
     swudi-lab demo [--seeds 0 1 2] [--quick] | --toy      (make demo)
-    swudi-lab bench [merge_cost.py arguments]            (time and peak memory per method)
+    swudi-lab bench cost [merge_cost.py arguments]       (time and peak memory per method)
+    swudi-lab bench clip [--standin] [--device cuda]     (the paper's CLIP ViT-B/32 TA8 benchmark)
     swudi-lab convert --to timm|hf IN OUT [--config config.json] [--prefix vision_model.|'']
                                                          (HF CLIP vision <-> timm CLIP ViT; needs [hub])
 
@@ -296,11 +297,53 @@ def _cmd_demo(args) -> int:
 
 
 def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="merge cost benchmark (benchmarks/merge_cost.py; needs a source checkout)")
-    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for merge_cost.py (see --help there)")
+    p = sub.add_parser("bench", help="benchmarks: merge cost (cost), the paper's CLIP ViT TA8 benchmark (clip)")
+    which = p.add_subparsers(dest="bench", required=True, metavar="{cost,clip}")
+    cost = which.add_parser("cost", help="time and peak memory per method (benchmarks/merge_cost.py; source checkout)")
+    cost.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments for merge_cost.py (see --help there)")
+    clip = which.add_parser(
+        "clip", allow_abbrev=False,
+        help="merge the published CLIP experts with every method and score them (needs swudi_lab[hub])",
+        description="The paper's CLIP ViT benchmark: the base CLIP and eight experts (hub ids or local folders), "
+                    "every registry method at the paper's settings, zero-shot heads, the test splits; our numbers "
+                    "beside the published ones. Scores are cached per model, so a re-run resumes. --standin runs "
+                    "the same pipeline offline on tiny models built here.")
+    clip.add_argument("--family", default="clip-vit-base-patch32",
+                      help="model family: clip-vit-base-patch32 (default), clip-vit-base-patch16, clip-vit-large-patch14")
+    clip.add_argument("--base", default=None, help="base CLIP: hub id or local folder (default openai/<family>)")
+    clip.add_argument("--experts", nargs="+", default=None, metavar="TASK=SOURCE",
+                      help="expert per task (default tanganke/<family>_<task>)")
+    clip.add_argument("--tasks", nargs="+", default=None, help="tasks (default the eight of TA8)")
+    clip.add_argument("--data", nargs="+", default=None, metavar="TASK=SOURCE",
+                      help="test set per task: hub dataset id or local folder in the hub's layout (default the task's)")
+    clip.add_argument("--methods", nargs="+", default=None, help="registry methods (default all)")
+    clip.add_argument("--preset", default="clip-vit-b32", help="settings of the methods (default %(default)s)")
+    clip.add_argument("--n-test", type=int, default=None, help="seeded class-balanced test images per task (default all)")
+    clip.add_argument("--seed", type=int, default=0, help="seed of the --n-test subsample")
+    clip.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="compute device (default auto)")
+    clip.add_argument("--batch-size", type=int, default=128, help="images per forward pass")
+    clip.add_argument("--out", default=None, help="results folder (default <results>/bench/clip)")
+    clip.add_argument("--heads-cache", default=None, help="zero-shot heads cache (default ~/.cache/swudi_lab/heads)")
+    clip.add_argument("--standin", nargs="?", const="", default=None, metavar="DIR",
+                      help="run offline on the stand-in (built in DIR, default <results>/bench/standin)")
+    clip.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _pairs(values, flag: str) -> dict | None:
+    if values is None:
+        return None
+    out = {}
+    for v in values:
+        task, sep, source = v.partition("=")
+        if not sep or not task or not source:
+            raise ValueError(f"{flag} takes TASK=SOURCE pairs, got {v!r}")
+        out[task] = source
+    return out
 
 
 def _cmd_bench(args) -> int:
+    if args.bench == "clip":
+        return _bench_clip(args)
     import importlib.util
 
     root = paths.checkout_root()
@@ -312,6 +355,23 @@ def _cmd_bench(args) -> int:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return int(module.main(args.bench_args) or 0)
+
+
+def _bench_clip(args) -> int:
+    from swudi_lab.hub.bench import BenchConfig, format_bench_table, run_clip_bench, standin_config
+
+    common = dict(family=args.family, methods=tuple(args.methods) if args.methods else None, preset=args.preset,
+                  n_test=args.n_test, seed=args.seed, device=args.device, batch_size=args.batch_size, out=args.out)
+    if args.tasks:
+        common["tasks"] = tuple(args.tasks)
+    if args.standin is not None:
+        cfg = standin_config(args.standin or None, **common)
+    else:
+        cfg = BenchConfig(base=args.base, experts=_pairs(args.experts, "--experts"), data=_pairs(args.data, "--data"),
+                          heads_cache=args.heads_cache, **common)
+    result = run_clip_bench(cfg, progress=not args.no_progress)
+    print(format_bench_table(result))
+    return 0
 
 
 # ----------------------------------------------------------------------------- convert
