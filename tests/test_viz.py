@@ -261,3 +261,17 @@ def test_errors_name_the_argument():
         accuracy_bar_figure({})
     with pytest.raises(ValueError, match="lam"):
         empirical_factors_figure([np.nan, 1.0], [0.1, 0.2])
+
+
+def test_published_comparison_figure_puts_the_published_bar_beside_ours():
+    from swudi_lab.viz import published_comparison_figure
+
+    fig = published_comparison_figure({"swudi": 84.0, "optmerge": 80.0}, {"swudi": 85.55})
+    ours, pub = fig.data
+    assert list(ours.x) == ["swudi", "optmerge"] and list(ours.y) == [84.0, 80.0]
+    assert list(pub.x) == ["swudi"] and list(pub.y) == [85.55]  # no published bar where there is none
+    assert fig.layout.barmode == "group"
+    alone = published_comparison_figure({"swudi": 10.0})
+    assert len(alone.data) == 1 and not alone.layout.showlegend
+    with pytest.raises(ValueError, match="ours is empty"):
+        published_comparison_figure({})

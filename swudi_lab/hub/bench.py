@@ -45,7 +45,7 @@ from ..merge.fetch import resolve_source
 from .heads import head_path, image_logits, load_clip, zeroshot_head
 from .tasks import TA8, base_model_id, expert_ids, get_family, get_task
 
-__all__ = ["PUBLISHED", "BenchConfig", "run_clip_bench", "format_bench_table", "standin_config"]
+__all__ = ["PUBLISHED", "BenchConfig", "run_clip_bench", "format_bench_table", "standin_config", "run_mode"]
 
 _FORMAT = 1  # bump when what a cached score means changes
 
@@ -115,6 +115,39 @@ def standin_config(root=None, **overrides) -> BenchConfig:
     return BenchConfig(base=str(s.base), experts={t: str(p) for t, p in s.experts.items()},
                        data={t: str(p) for t, p in s.data.items()}, standin=True,
                        heads_cache=str(root / "heads"), **overrides)
+
+
+def run_mode(device, *, family: str = "clip-vit-base-patch32", timeout: float = 5.0, log=print) -> str:
+    """``"hub"`` (the published experts) or ``"standin"`` (offline), and one line saying which and why.
+
+    ``$SWUDI_LAB_BENCH`` (``hub`` or ``standin``) decides when set; otherwise the hub run needs a
+    CUDA device and an answer from the hub within ``timeout`` seconds.
+    """
+    import os
+
+    forced = os.environ.get("SWUDI_LAB_BENCH", "").strip().lower()
+    if forced not in ("", "hub", "standin"):
+        raise ValueError(f"SWUDI_LAB_BENCH must be 'hub' or 'standin', got {forced!r}")
+    reason = f"SWUDI_LAB_BENCH={forced}" if forced else None
+    mode = forced or None
+    if mode is None and str(device) != "cuda":
+        mode, reason = "standin", f"no GPU (device {device}): 8 x 88 M-parameter experts on ~87k test images need one"
+    if mode is None:
+        try:
+            from ..merge.fetch import hub_offline
+
+            if hub_offline():
+                raise OSError("HF_HUB_OFFLINE is set")
+            require("huggingface_hub").HfApi().model_info(base_model_id(family), timeout=timeout)
+            mode, reason = "hub", f"GPU and the hub at hand: the published {family} experts"
+        except Exception as e:  # no network, offline mode, hub down
+            mode, reason = "standin", f"the hub is out of reach ({type(e).__name__})"
+    if log is not None:
+        what = ("the published experts from the hub" if mode == "hub" else
+                "the OFFLINE STAND-IN: tiny CLIP models built here, a few synthetic images per class; its numbers "
+                "test the pipeline, not the paper")
+        log(f"bench mode: {mode} — {what} ({reason})")
+    return mode
 
 
 # ----------------------------------------------------------------------------- phases
@@ -190,7 +223,8 @@ def _model(vision_config: dict, state: dict, device):
     transformers = require("transformers")
     config = transformers.CLIPVisionConfig(**{k: v for k, v in vision_config.items() if k != "model_type"})
     m = transformers.CLIPVisionModel(config)
-    m.load_state_dict(state, strict=True)
+    # transformers 5's CLIPVisionModel holds the tower's tensors itself; 4.x keeps them in .vision_model
+    getattr(m, "vision_model", m).load_state_dict(state, strict=True)
     return m.to(device).eval()
 
 

@@ -17,6 +17,7 @@ from .style import TEMPLATE, as_array, color, mark_y, new_figure, rgba
 
 __all__ = [
     "accuracy_bar_figure",
+    "published_comparison_figure",
     "task_heatmap_figure",
     "accuracy_curve_figure",
     "adam_steps_figure",
@@ -66,6 +67,34 @@ def accuracy_bar_figure(results, *, base: float | None = None, experts: float | 
     pad = max(1.0, 0.1 * (hi - lo))
     fig.update_yaxes(range=[lo - pad, hi + pad])
     fig.update_layout(showlegend=False)
+    return fig
+
+
+def published_comparison_figure(ours, published=None, *, title: str = "Ours against the published numbers",
+                                y_title: str = "average accuracy (%)") -> go.Figure:
+    """Bars of our average accuracy per method, with the published value beside it where there is one.
+
+    Args:
+        ours: dict ``label -> accuracy``.
+        published: dict ``label -> accuracy`` (labels without a published value get our bar alone).
+    """
+    if not ours:
+        raise ValueError("ours is empty")
+    published = dict(published or {})
+    names = list(ours)
+    fig = new_figure(title, "method", y_title)
+    fig.add_trace(go.Bar(x=names, y=[float(ours[n]) for n in names], name="swudi_lab (measured)",
+                         marker_color=[color(n) for n in names], text=[f"{float(ours[n]):.1f}" for n in names],
+                         textposition="outside", hovertemplate="%{x}<br>ours=%{y:.2f}<extra></extra>"))
+    shown = [n for n in names if n in published]
+    if shown:
+        fig.add_trace(go.Bar(x=shown, y=[float(published[n]) for n in shown], name="published",
+                             marker=dict(color="rgba(0,0,0,0)", line=dict(color="#333", width=2)),
+                             text=[f"{float(published[n]):.1f}" for n in shown], textposition="outside",
+                             hovertemplate="%{x}<br>published=%{y:.2f}<extra></extra>"))
+    fig.update_layout(barmode="group", showlegend=bool(shown))
+    values = [float(v) for v in ours.values()] + [float(published[n]) for n in shown]
+    fig.update_yaxes(range=[0, max(values) * 1.15 + 1])
     return fig
 
 
