@@ -48,8 +48,9 @@ API: :func:`hf_to_timm`, :func:`timm_to_hf` (state dicts), :func:`plan_hf_to_tim
 :func:`plan_timm_to_hf` (the same, lazily, for any :class:`~swudi_lab.merge.io.Checkpoint`),
 :func:`detect_hf_prefix`, :class:`TimmSpec` with :func:`timm_spec_from_hf_config` (the timm model
 for an HF ``config.json``, tiny ones included), :func:`hf_config_from_timm_spec`,
-:func:`infer_hf_config` (shapes only), :func:`open_hf` (an HF directory, shards included, or a
-``.safetensors`` file, read one tensor at a time) and :func:`convert_checkpoint` (``swudi-lab convert``).
+:func:`infer_hf_config` (shapes only) and :func:`convert_checkpoint` (``swudi-lab convert``). Files are
+read by :mod:`swudi_lab.merge.io` (:func:`~swudi_lab.merge.io.open_checkpoint`: an HF model directory,
+shards or a weights-only ``pytorch_model.bin`` included, or one ``.safetensors`` file, one tensor at a time).
 """
 
 from __future__ import annotations
@@ -66,13 +67,14 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from ..merge.io import Checkpoint, DictCheckpoint, SafetensorsWriter, load_state_dict
+from ..merge.io import (Checkpoint, DictCheckpoint, HFDirectoryCheckpoint, SafetensorsCheckpoint, SafetensorsWriter,
+                        open_checkpoint, read_json)
 
 __all__ = [
     "HF_PREFIX", "TIMM_CLIP_MODELS", "ConversionPlan", "TimmSpec",
     "detect_hf_prefix", "plan_hf_to_timm", "plan_timm_to_hf", "hf_to_timm", "timm_to_hf",
     "timm_spec_from_hf_config", "hf_config_from_timm_spec", "infer_hf_config", "vision_config",
-    "open_hf", "HFCheckpoint", "read_timm_spec", "convert_checkpoint",
+    "read_timm_spec", "convert_checkpoint",
 ]
 
 HF_PREFIX = "vision_model."
@@ -608,126 +610,13 @@ def _check_config(config: dict, proj_dim: int | None, dims: Mapping, label: str)
 # ----------------------------------------------------------------------------- reading
 
 
-class HFCheckpoint(Checkpoint):
-    """Tensors of an HF model directory or a ``.safetensors`` file, read one at a time.
-
-    ``config`` is the directory's ``config.json`` (a dict) or ``None``; ``files`` the files read. Shards
-    (``model.safetensors.index.json`` + ``model-0000k-of-0000n.safetensors``) are each opened with
-    ``safe_open``; a missing or inconsistent shard is an error before anything is read. Kept
-    minimal and self-contained (to be replaced by the general HF-directory reader of
-    :mod:`swudi_lab.merge.io`).
-    """
-
-    def __init__(self, files: Mapping[str, Path], label: str, config: dict | None = None,
-                 tensors: Mapping[str, torch.Tensor] | None = None):
-        from safetensors import safe_open
-
-        self.label, self.config = label, config
-        self.files = [Path(p) for p in files.values()]
-        self._handles, self._where, self._meta = {}, {}, {}
-        self._tensors = dict(tensors or {})
-        self.metadata: dict = {}
-        for name, path in files.items():
-            try:
-                f = safe_open(str(path), framework="pt", device="cpu")
-                ks = list(f.keys())
-                self.metadata.update(f.metadata() or {})
-                for k in ks:
-                    sl = f.get_slice(k)
-                    self._meta[k] = tuple(sl.get_shape()), sl.get_dtype()
-            except Exception as e:  # SafetensorError and friends
-                raise ValueError(f"cannot read safetensors file {path}: {e}") from None
-            self._handles[name] = f
-            for k in ks:
-                if k in self._where:
-                    raise ValueError(f"{label}: tensor {k!r} is in both {self._where[k]} and {name}")
-                self._where[k] = name
-        self._keys = sorted(set(self._where) | set(self._tensors))
-
-    def keys(self) -> list[str]:
-        return self._keys
-
-    def shape(self, key):
-        if key in self._tensors:
-            return tuple(self._tensors[key].shape)
-        return self._meta[key][0]
-
-    def dtype(self, key):
-        from ..merge.io import _ST_DTYPES
-
-        if key in self._tensors:
-            return self._tensors[key].dtype
-        code = self._meta[key][1]
-        if code not in _ST_DTYPES:
-            raise ValueError(f"{self.label}: tensor {key!r} has unsupported dtype {code}")
-        return _ST_DTYPES[code]
-
-    def get(self, key):
-        if key in self._tensors:
-            return self._tensors[key].detach().clone()
-        try:
-            return self._handles[self._where[key]].get_tensor(key)
-        except Exception as e:
-            raise ValueError(f"cannot read tensor {key!r} from {self._where[key]} ({self.label}): {e}") from None
-
-
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read {what} {path}: {e}") from None
-
-
-def open_hf(path: str | os.PathLike) -> HFCheckpoint:
-    """Open an HF model directory (``model.safetensors``, shards with ``model.safetensors.index.json``, or a
-    weights-only ``pytorch_model.bin``) or one ``.safetensors`` file, lazily."""
-    path = Path(path)
-    if path.is_file():
-        if path.suffix.lower() != ".safetensors":
-            raise ValueError(f"{path}: expected an HF model directory or a .safetensors file")
-        return HFCheckpoint({path.name: path}, str(path))
-    if not path.is_dir():
-        raise FileNotFoundError(f"not found: {path}")
-    config = _read_json(path / "config.json", "config") if (path / "config.json").is_file() else None
-    single, index = path / "model.safetensors", path / "model.safetensors.index.json"
-    if single.is_file():
-        return HFCheckpoint({single.name: single}, str(path), config)
-    if index.is_file():
-        wm = _read_json(index, "shard index").get("weight_map")
-        if not isinstance(wm, dict) or not wm:
-            raise ValueError(f"{index}: no 'weight_map'")
-        shards = sorted(set(wm.values()))
-        for s in shards:
-            if not isinstance(s, str) or Path(s).name != s:
-                raise ValueError(f"{index}: shard name {s!r} is not a file name in {path}")
-            if not (path / s).is_file():
-                first = next(k for k, v in wm.items() if v == s)
-                raise FileNotFoundError(f"{path}: shard {s} (holding {first!r} ...) listed in {index.name} is missing")
-        ck = HFCheckpoint({s: path / s for s in shards}, str(path), config)
-        for k, s in wm.items():
-            if ck._where.get(k) != s:
-                raise ValueError(f"{index}: {k!r} should be in {s} but is "
-                                 + (f"in {ck._where[k]}" if k in ck._where else "in no shard"))
-        extra = sorted(set(ck._where) - set(wm))
-        if extra:
-            raise ValueError(f"{index}: shards hold tensors the index does not list: {_fmt(extra)}")
-        ck.files.append(index)
-        return ck
-    binf = path / "pytorch_model.bin"
-    if binf.is_file():  # weights-only torch.load (never executes pickled code), memory-mapped
-        ck = HFCheckpoint({}, str(path), config, tensors=load_state_dict(binf))
-        ck.files.append(binf)
-        return ck
-    raise FileNotFoundError(f"{path}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
-
-
 def read_timm_spec(path: str | os.PathLike) -> TimmSpec | None:
     """The :class:`TimmSpec` of a converted timm file: its JSON sidecar, else its safetensors metadata."""
     path = Path(path)
     side = path.with_suffix(".json")
     if side.is_file():
-        return TimmSpec.from_json(_read_json(side, "timm sidecar"), str(side))
-    meta = HFCheckpoint({path.name: path}, str(path)).metadata
+        return TimmSpec.from_json(read_json(side, "timm sidecar"), str(side))
+    meta = SafetensorsCheckpoint(path).metadata()
     if "swudi_lab.timm_spec" in meta:
         return TimmSpec.from_json(json.loads(meta["swudi_lab.timm_spec"]), f"{path} metadata")
     return None
@@ -765,7 +654,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str, 
         raise FileNotFoundError(f"input not found: {src}")
     if config is not None and not Path(config).is_file():
         raise FileNotFoundError(f"config not found: {config}")
-    user_cfg = _read_json(Path(config), "config") if config is not None else None
+    user_cfg = read_json(Path(config), "config") if config is not None else None
     if to == "timm":
         return _to_timm(src, dst, user_cfg, config)
     return _to_hf(src, dst, user_cfg, config, prefix)
@@ -774,14 +663,17 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str, 
 def _to_timm(src: Path, dst: Path, user_cfg, config_path) -> dict:
     if dst.suffix.lower() != ".safetensors":
         raise ValueError(f"--to timm writes a .safetensors file, got {dst}")
-    ck = open_hf(src)
+    if src.is_file() and src.suffix.lower() != ".safetensors":
+        raise ValueError(f"{src}: expected an HF model directory or a .safetensors file")
+    ck = open_checkpoint(src)
+    hf_dir_cfg = ck.config if isinstance(ck, HFDirectoryCheckpoint) else None
     sidecar = dst.with_suffix(".json")
-    inputs = list(ck.files) + ([src / "config.json"] if src.is_dir() else []) + ([Path(config_path)] if config_path else [])
+    inputs = ck.files() + ([Path(config_path)] if config_path else [])
     for out in (dst, sidecar):
         if any(_same_file(out, i) for i in inputs):
             raise ValueError(f"output {out} is one of the inputs; inputs are never modified")
     plan = plan_hf_to_timm(ck, label=ck.label)
-    cfg, label, assumed = (user_cfg, str(config_path), []) if user_cfg is not None else (ck.config, f"{src}/config.json", [])
+    cfg, label, assumed = (user_cfg, str(config_path), []) if user_cfg is not None else (hf_dir_cfg, f"{src}/config.json", [])
     if cfg is None:
         cfg, assumed = infer_hf_config(plan.dims)
         label = "inferred config"
@@ -804,7 +696,7 @@ def _to_hf(src: Path, dst: Path, user_cfg, config_path, prefix: str) -> dict:
         raise ValueError(f"--to hf reads a timm .safetensors file, got {src}")
     if dst.exists():
         raise ValueError(f"output directory {dst} already exists; remove it or choose another")
-    ck = HFCheckpoint({src.name: src}, str(src))
+    ck = open_checkpoint(src)
     plan = plan_timm_to_hf(ck, prefix, label=str(src))
     assumed: list[str] = []
     side = src.with_suffix(".json")
@@ -812,7 +704,7 @@ def _to_hf(src: Path, dst: Path, user_cfg, config_path, prefix: str) -> dict:
         vc, proj = vision_config(user_cfg, str(config_path))
         label = str(config_path)
     else:
-        hf_cfg = _read_json(side, "timm sidecar").get("hf_config") if side.is_file() else None
+        hf_cfg = read_json(side, "timm sidecar").get("hf_config") if side.is_file() else None
         spec = read_timm_spec(src)
         if hf_cfg is not None:
             vc, proj, label = vision_config(hf_cfg, str(side))[0], None, str(side)
