@@ -26,6 +26,7 @@ from swudi_lab.hub.convert import (HF_PREFIX, TIMM_CLIP_MODELS, TimmSpec, conver
                                    timm_to_hf)
 from swudi_lab.merge import merge, save_safetensors  # noqa: E402
 from swudi_lab.merge.io import load_state_dict  # noqa: E402
+from swudi_lab.merge.routing import VISION_PREFIX, vision_prefix  # noqa: E402
 
 VC = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
           patch_size=8, projection_dim=16, hidden_act="quick_gelu", layer_norm_eps=1e-5)
@@ -155,6 +156,7 @@ def test_both_hf_layouts_give_the_same_timm_state():
     prefixed = {k: v for k, v in hf.state_dict().items() if k != "visual_projection.weight"}
     bare = {k[len(HF_PREFIX):]: v for k, v in prefixed.items()}
     assert detect_hf_prefix(prefixed) == HF_PREFIX and detect_hf_prefix(bare) == ""
+    assert HF_PREFIX == VISION_PREFIX and all(detect_hf_prefix(sd) == vision_prefix(sd) for sd in (prefixed, bare))
     assert bitwise_equal(hf_to_timm(prefixed), hf_to_timm(bare))
 
 

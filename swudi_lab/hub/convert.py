@@ -69,6 +69,7 @@ import torch
 
 from ..merge.io import (Checkpoint, DictCheckpoint, HFDirectoryCheckpoint, SafetensorsCheckpoint, SafetensorsWriter,
                         open_checkpoint, read_json)
+from ..merge.routing import VISION_PREFIX, vision_prefix
 
 __all__ = [
     "HF_PREFIX", "TIMM_CLIP_MODELS", "ConversionPlan", "TimmSpec",
@@ -77,7 +78,8 @@ __all__ = [
     "read_timm_spec", "convert_checkpoint",
 ]
 
-HF_PREFIX = "vision_model."
+HF_PREFIX = VISION_PREFIX  # "vision_model.": the key layout is merge.routing's (vision_prefix)
+_CLS = "embeddings.class_embedding"
 
 # timm's registered CLIP ViTs with OpenAI's QuickGELU (timm/models/vision_transformer.py):
 # name -> (patch_size, embed_dim, depth, num_heads, img_size); all have mlp_ratio 4, LayerNorm eps 1e-5.
@@ -213,23 +215,24 @@ class _Shapes:
 def detect_hf_prefix(keys) -> str:
     """``"vision_model."`` or ``""``: the HF key layout, read from the keys alone.
 
-    ``ValueError`` when neither layout's ``embeddings.class_embedding`` is there, when both are
-    (mixed layouts), or when the keys are timm's.
+    The layout is :func:`swudi_lab.merge.routing.vision_prefix`'s (the prefix when some key starts
+    with it), validated: ``ValueError`` when that layout's ``embeddings.class_embedding`` is not
+    there (the keys are timm's, or no CLIP vision tower) or when keys of both layouts are (mixed).
     """
     keys = set(keys)
-    with_p, without = f"{HF_PREFIX}embeddings.class_embedding" in keys, "embeddings.class_embedding" in keys
+    prefix = vision_prefix(keys)
+    with_p, without = HF_PREFIX + _CLS in keys, _CLS in keys
     if with_p and without:
-        raise ValueError("mixed HF layouts: both 'vision_model.embeddings.class_embedding' and "
-                         "'embeddings.class_embedding' are present")
-    if with_p:
-        return HF_PREFIX
-    if without:
-        return ""
+        raise ValueError(f"mixed HF layouts: both {HF_PREFIX + _CLS!r} and {_CLS!r} are present")
+    if prefix and without:
+        raise ValueError(f"mixed HF layouts: {_fmt([k for k in keys if k.startswith(HF_PREFIX)], 3)} have the "
+                         f"{HF_PREFIX!r} prefix, {_CLS!r} does not")
+    if with_p or without:
+        return prefix
     if "cls_token" in keys and "patch_embed.proj.weight" in keys:
         raise ValueError("these are timm keys (cls_token, patch_embed.proj.weight), not an HF CLIP vision tower; "
                          "convert them with timm_to_hf / --to hf")
-    raise ValueError("not an HF CLIP vision tower: no 'vision_model.embeddings.class_embedding' or "
-                     "'embeddings.class_embedding' key")
+    raise ValueError(f"not an HF CLIP vision tower: no {HF_PREFIX + _CLS!r} or {_CLS!r} key")
 
 
 _HF_LAYER = re.compile(r"encoder\.layers\.(\d+)\.(.+)")
@@ -254,15 +257,13 @@ def plan_hf_to_timm(source, label: str = "HF state dict") -> ConversionPlan:
     """
     src = _source(source, label)
     keys = list(src.keys())
-    prefix = detect_hf_prefix(keys)
+    try:
+        prefix = detect_hf_prefix(keys)
+    except ValueError as e:
+        raise ValueError(f"{src.label}: {e}") from None
     sh = _Shapes(src, "HF")
     p = prefix
     skipped = [k for k in keys if _HF_SKIP.fullmatch(k) or k == p + _HF_BUFFER]
-    if not prefix:
-        mixed = [k for k in keys if k.startswith(HF_PREFIX)]
-        if mixed:
-            raise ValueError(f"{src.label}: mixed HF layouts: {_fmt(mixed, 3)} have the 'vision_model.' prefix, "
-                             "'embeddings.class_embedding' does not")
     depth = _depth([k[len(p):] for k in keys if k.startswith(p)], _HF_LAYER, src.label, "encoder.layers.<i>")
 
     (dim,) = sh.need(p + "embeddings.class_embedding", 1)
@@ -336,7 +337,7 @@ def plan_timm_to_hf(source, prefix: str = HF_PREFIX, label: str = "timm state di
     src = _source(source, label)
     keys = list(src.keys())
     ks = set(keys)
-    if "embeddings.class_embedding" in ks or f"{HF_PREFIX}embeddings.class_embedding" in ks:
+    if _CLS in ks or HF_PREFIX + _CLS in ks:
         raise ValueError(f"{src.label}: these are HF keys (embeddings.class_embedding), not timm's; "
                          "convert them with hf_to_timm / --to timm")
     for k, why in (("patch_embed.proj.bias", "CLIP's patch embedding has no bias (timm builds it without one "
