@@ -29,7 +29,8 @@ HF (``P`` = ``vision_model.`` or ``""``)            timm                        
 (none: CLIP's projection has no bias)               ``head.bias`` (Pj,)                zeros / must be all zero
 ==================================================  =================================  ==========================
 
-(``W`` is ``weight`` and ``bias``.) Facts behind the table, checked in timm 1.0.31: timm's CLIP
+(``W`` is ``weight`` and ``bias``.) The code reads one table, ``_TABLE``, in both directions: adding a
+mapped tensor is one row there. Facts behind the table, checked in timm 1.0.31: timm's CLIP
 ViTs are ``VisionTransformer(pre_norm=True, class_token=True, global_pool='token',
 no_embed_class=False, act_layer='quick_gelu', norm_layer=LayerNorm(eps=1e-5))``; ``pre_norm`` makes
 the patch conv bias-free; with token pooling ``fc_norm`` is off, so ``norm`` is applied to every
@@ -102,11 +103,47 @@ _HF_VISION_DEFAULTS = {
 }
 _ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}  # HF hidden_act -> timm act_layer (both exact)
 
-_BLOCK_PARTS_HF = {  # HF per-layer name (after ``encoder.layers.i.``) -> timm (after ``blocks.i.``)
-    "layer_norm1": "norm1", "layer_norm2": "norm2", "self_attn.out_proj": "attn.proj",
-    "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
-}
-_TOP_HF = {"pre_layrnorm": "norm_pre", "post_layernorm": "norm"}
+
+@dataclass(frozen=True)
+class _Pair:
+    """One row of :data:`_TABLE`: a tensor's HF key (after the prefix), its timm key and their shapes.
+
+    ``{i}`` in both keys is the block index; ``{x}`` in the HF key makes the row fused: timm's one
+    tensor is HF's ``q``, ``k``, ``v`` stacked on dim 0 (its shape: 3x the first size). Shapes are in
+    the sizes ``D`` (width), ``M`` (MLP width), ``T`` (tokens), ``C`` (channels), ``p`` (patch) or
+    integers, each size read off the first tensor that has it. ``timm_shape`` ``None`` means the HF
+    shape. The tensor op follows: equal shapes copy, different ones reshape, fused rows concatenate
+    (HF -> timm) and slice (timm -> HF).
+    """
+
+    hf: str
+    timm: str
+    hf_shape: tuple
+    timm_shape: tuple | None = None
+
+
+_TABLE = (  # every tensor of the vision tower, both directions (the head, which CLIP lacks a bias for, is apart)
+    #     HF key (after the prefix P)                      timm key                      HF shape              timm shape
+    _Pair("embeddings.class_embedding",                    "cls_token",                  ("D",),               (1, 1, "D")),
+    _Pair("embeddings.patch_embedding.weight",             "patch_embed.proj.weight",    ("D", "C", "p", "p")),
+    _Pair("embeddings.position_embedding.weight",          "pos_embed",                  ("T", "D"),           (1, "T", "D")),
+    _Pair("pre_layrnorm.weight",                           "norm_pre.weight",            ("D",)),
+    _Pair("pre_layrnorm.bias",                             "norm_pre.bias",              ("D",)),
+    _Pair("post_layernorm.weight",                         "norm.weight",                ("D",)),
+    _Pair("post_layernorm.bias",                           "norm.bias",                  ("D",)),
+    _Pair("encoder.layers.{i}.layer_norm1.weight",         "blocks.{i}.norm1.weight",    ("D",)),
+    _Pair("encoder.layers.{i}.layer_norm1.bias",           "blocks.{i}.norm1.bias",      ("D",)),
+    _Pair("encoder.layers.{i}.self_attn.{x}_proj.weight",  "blocks.{i}.attn.qkv.weight", ("D", "D")),
+    _Pair("encoder.layers.{i}.self_attn.{x}_proj.bias",    "blocks.{i}.attn.qkv.bias",   ("D",)),
+    _Pair("encoder.layers.{i}.self_attn.out_proj.weight",  "blocks.{i}.attn.proj.weight", ("D", "D")),
+    _Pair("encoder.layers.{i}.self_attn.out_proj.bias",    "blocks.{i}.attn.proj.bias",  ("D",)),
+    _Pair("encoder.layers.{i}.layer_norm2.weight",         "blocks.{i}.norm2.weight",    ("D",)),
+    _Pair("encoder.layers.{i}.layer_norm2.bias",           "blocks.{i}.norm2.bias",      ("D",)),
+    _Pair("encoder.layers.{i}.mlp.fc1.weight",             "blocks.{i}.mlp.fc1.weight",  ("M", "D")),
+    _Pair("encoder.layers.{i}.mlp.fc1.bias",               "blocks.{i}.mlp.fc1.bias",    ("M",)),
+    _Pair("encoder.layers.{i}.mlp.fc2.weight",             "blocks.{i}.mlp.fc2.weight",  ("D", "M")),
+    _Pair("encoder.layers.{i}.mlp.fc2.bias",               "blocks.{i}.mlp.fc2.bias",    ("D",)),
+)
 
 
 # ----------------------------------------------------------------------------- plans
@@ -205,6 +242,21 @@ class _Shapes:
             raise ValueError(f"{self.src.label}: {key!r} has shape {s}, expected {tuple(shape)}")
         return s
 
+    def fit(self, key: str, spec: tuple, sizes: dict) -> tuple[int, ...]:
+        """``key``'s shape against ``spec`` (ints and size names): known sizes are checked, new ones added to ``sizes``."""
+        s = self.need(key)
+        new = dict(sizes)
+        ok = len(s) == len(spec)
+        for n, got in zip(spec, s) if ok else ():
+            match = n == got if isinstance(n, int) else new.setdefault(n, got) == got
+            ok = ok and match
+        if not ok:  # the expected shape, with the sizes read so far (or the size names, for a wrong ndim)
+            want = [n if isinstance(n, int) else new.get(n, n) for n in spec]
+            raise ValueError(f"{self.src.label}: {key!r} has shape {s}, expected "
+                             f"({', '.join(map(str, want))}{',' if len(want) == 1 else ''})")
+        sizes.update(new)
+        return s
+
     @property
     def _keys(self):
         if not hasattr(self, "_k"):
@@ -249,6 +301,44 @@ def _depth(keys, pattern: re.Pattern, label: str, what: str) -> int:
     return len(idx)
 
 
+def _table_rules(src: Checkpoint, sh: _Shapes, prefix: str, depth: int, to_timm: bool) -> tuple[list[_Rule], dict]:
+    """The rules of every :data:`_TABLE` row in one direction, with the shapes checked; and the sizes read."""
+    rows = [(r, None) for r in _TABLE if "{i}" not in r.hf]
+    rows += [(r, i) for i in range(depth) for r in _TABLE if "{i}" in r.hf]
+    sizes: dict = {}
+    rules: list[_Rule] = []
+    for row, i in rows:
+        fused = "{x}" in row.hf
+        hf_keys = tuple(prefix + row.hf.format(i=i, x=x) for x in (("q", "k", "v") if fused else (None,)))
+        timm_keys = (row.timm.format(i=i),)
+        hf_spec, timm_spec = row.hf_shape, row.timm_shape or row.hf_shape
+        if fused:  # its first size is known by now (D: the class embedding comes first)
+            timm_spec = (3 * sizes[hf_spec[0]],) + tuple(hf_spec[1:])
+        ins, outs, in_spec, out_spec = ((hf_keys, timm_keys, hf_spec, timm_spec) if to_timm
+                                        else (timm_keys, hf_keys, timm_spec, hf_spec))
+        for k in ins:
+            sh.fit(k, in_spec, sizes)
+        shape = tuple(n if isinstance(n, int) else sizes[n] for n in out_spec)
+        dts = {src.dtype(k) for k in ins}
+        if len(dts) > 1:
+            raise ValueError(f"{src.label}: {prefix}{row.hf.format(i=i, x='{q,k,v}')} have different dtypes "
+                             f"{sorted(map(str, dts))}")
+        dtype = dts.pop()
+        if fused and to_timm:
+            rules.append(_Rule(outs[0], ins, _cat, shape, dtype))
+        elif fused:
+            n = shape[0]
+            rules += [_Rule(k, ins, _slicer(j * n, (j + 1) * n), shape, dtype) for j, k in enumerate(outs)]
+        else:
+            rules.append(_Rule(outs[0], ins, _copy if in_spec == out_spec else _reshaper(shape), shape, dtype))
+    return rules, sizes
+
+
+def _dims(sizes: dict, depth: int) -> dict:
+    return dict(embed_dim=sizes["D"], depth=depth, mlp_dim=sizes["M"], patch_size=sizes["p"], in_chans=sizes["C"],
+                num_tokens=sizes["T"], num_classes=0)
+
+
 def plan_hf_to_timm(source, label: str = "HF state dict") -> ConversionPlan:
     """Plan HF CLIP vision (either layout, a full ``CLIPModel`` too) -> timm ``VisionTransformer`` keys.
 
@@ -266,56 +356,16 @@ def plan_hf_to_timm(source, label: str = "HF state dict") -> ConversionPlan:
     skipped = [k for k in keys if _HF_SKIP.fullmatch(k) or k == p + _HF_BUFFER]
     depth = _depth([k[len(p):] for k in keys if k.startswith(p)], _HF_LAYER, src.label, "encoder.layers.<i>")
 
-    (dim,) = sh.need(p + "embeddings.class_embedding", 1)
-    pe = sh.need(p + "embeddings.patch_embedding.weight", 4)
-    if pe[0] != dim or pe[2] != pe[3]:
-        raise ValueError(f"{src.label}: {p}embeddings.patch_embedding.weight has shape {pe}, expected "
-                         f"({dim}, C, p, p) (square patches)")
-    tokens = sh.need(p + "embeddings.position_embedding.weight", 2)[0]
-    sh.expect(p + "embeddings.position_embedding.weight", (tokens, dim))
-    mlp_dim = sh.need(p + "encoder.layers.0.mlp.fc1.weight", 2)[0]
-    dims = dict(embed_dim=dim, depth=depth, mlp_dim=mlp_dim, patch_size=pe[2], in_chans=pe[1], num_tokens=tokens,
-                num_classes=0)
-
-    rules: list[_Rule] = []
-
-    def add(out, ins, fn, shape, dtype=None):
-        rules.append(_Rule(out, tuple(ins), fn, tuple(shape), dtype or src.dtype(ins[0])))
-
-    add("cls_token", [p + "embeddings.class_embedding"], _reshaper((1, 1, dim)), (1, 1, dim))
-    add("patch_embed.proj.weight", [p + "embeddings.patch_embedding.weight"], _copy, pe)
-    add("pos_embed", [p + "embeddings.position_embedding.weight"], _reshaper((1, tokens, dim)), (1, tokens, dim))
-    for hf, tm in _TOP_HF.items():
-        for w in ("weight", "bias"):
-            sh.expect(f"{p}{hf}.{w}", (dim,))
-            add(f"{tm}.{w}", [f"{p}{hf}.{w}"], _copy, (dim,))
-    part_shapes = {
-        "layer_norm1": {"weight": (dim,), "bias": (dim,)}, "layer_norm2": {"weight": (dim,), "bias": (dim,)},
-        "self_attn.out_proj": {"weight": (dim, dim), "bias": (dim,)},
-        "mlp.fc1": {"weight": (mlp_dim, dim), "bias": (mlp_dim,)},
-        "mlp.fc2": {"weight": (dim, mlp_dim), "bias": (dim,)},
-    }
-    for i in range(depth):
-        hp, tp = f"{p}encoder.layers.{i}.", f"blocks.{i}."
-        for hf, tm in _BLOCK_PARTS_HF.items():
-            for w, shape in part_shapes[hf].items():
-                sh.expect(f"{hp}{hf}.{w}", shape)
-                add(f"{tp}{tm}.{w}", [f"{hp}{hf}.{w}"], _copy, shape)
-        for w, shape in (("weight", (dim, dim)), ("bias", (dim,))):
-            ins = [f"{hp}self_attn.{x}_proj.{w}" for x in "qkv"]
-            for k in ins:
-                sh.expect(k, shape)
-            dts = {src.dtype(k) for k in ins}
-            if len(dts) > 1:
-                raise ValueError(f"{src.label}: {hp}self_attn.{{q,k,v}}_proj.{w} have different dtypes {sorted(map(str, dts))}")
-            add(f"{tp}attn.qkv.{w}", ins, _cat, (3 * shape[0],) + shape[1:])
+    rules, sizes = _table_rules(src, sh, p, depth, to_timm=True)
+    dims = _dims(sizes, depth)
+    dim = dims["embed_dim"]
     if "visual_projection.weight" in keys:
         proj = sh.need("visual_projection.weight", 2)
         if proj[1] != dim:
             raise ValueError(f"{src.label}: 'visual_projection.weight' has shape {proj}, expected (projection_dim, {dim})")
         dims["num_classes"] = proj[0]
-        add("head.weight", ["visual_projection.weight"], _copy, proj)
         dt = src.dtype("visual_projection.weight")
+        rules.append(_Rule("head.weight", ("visual_projection.weight",), _copy, proj, dt))
         rules.append(_Rule("head.bias", (), lambda: torch.zeros(proj[0], dtype=dt), (proj[0],), dt))
 
     used = {k for r in rules for k in r.ins} | set(skipped)
@@ -351,47 +401,9 @@ def plan_timm_to_hf(source, prefix: str = HF_PREFIX, label: str = "timm state di
     sh = _Shapes(src, "timm")
     p = prefix
     depth = _depth(keys, _TIMM_BLOCK, src.label, "blocks.<i>")
-    cls = sh.need("cls_token", 3)
-    dim = cls[2]
-    sh.expect("cls_token", (1, 1, dim))
-    pe = sh.need("patch_embed.proj.weight", 4)
-    if pe[0] != dim or pe[2] != pe[3]:
-        raise ValueError(f"{src.label}: 'patch_embed.proj.weight' has shape {pe}, expected ({dim}, C, p, p)")
-    tokens = sh.need("pos_embed", 3)[1]
-    sh.expect("pos_embed", (1, tokens, dim))
-    mlp_dim = sh.need("blocks.0.mlp.fc1.weight", 2)[0]
-    dims = dict(embed_dim=dim, depth=depth, mlp_dim=mlp_dim, patch_size=pe[2], in_chans=pe[1], num_tokens=tokens,
-                num_classes=0)
-
-    rules: list[_Rule] = []
-
-    def add(out, ins, fn, shape):
-        rules.append(_Rule(out, tuple(ins), fn, tuple(shape), src.dtype(ins[0])))
-
-    add(p + "embeddings.class_embedding", ["cls_token"], _reshaper((dim,)), (dim,))
-    add(p + "embeddings.patch_embedding.weight", ["patch_embed.proj.weight"], _copy, pe)
-    add(p + "embeddings.position_embedding.weight", ["pos_embed"], _reshaper((tokens, dim)), (tokens, dim))
-    for hf, tm in _TOP_HF.items():
-        for w in ("weight", "bias"):
-            sh.expect(f"{tm}.{w}", (dim,))
-            add(f"{p}{hf}.{w}", [f"{tm}.{w}"], _copy, (dim,))
-    part_shapes = {
-        "norm1": {"weight": (dim,), "bias": (dim,)}, "norm2": {"weight": (dim,), "bias": (dim,)},
-        "attn.proj": {"weight": (dim, dim), "bias": (dim,)},
-        "mlp.fc1": {"weight": (mlp_dim, dim), "bias": (mlp_dim,)},
-        "mlp.fc2": {"weight": (dim, mlp_dim), "bias": (dim,)},
-    }
-    for i in range(depth):
-        hp, tp = f"{p}encoder.layers.{i}.", f"blocks.{i}."
-        for hf, tm in _BLOCK_PARTS_HF.items():
-            for w, shape in part_shapes[tm].items():
-                sh.expect(f"{tp}{tm}.{w}", shape)
-                add(f"{hp}{hf}.{w}", [f"{tp}{tm}.{w}"], _copy, shape)
-        for w, shape in (("weight", (dim, dim)), ("bias", (dim,))):
-            k = f"{tp}attn.qkv.{w}"
-            sh.expect(k, (3 * dim,) + shape[1:])
-            for j, x in enumerate("qkv"):
-                add(f"{hp}self_attn.{x}_proj.{w}", [k], _slicer(j * dim, (j + 1) * dim), shape)
+    rules, sizes = _table_rules(src, sh, p, depth, to_timm=False)
+    dims = _dims(sizes, depth)
+    dim = dims["embed_dim"]
     used = set()
     if "head.weight" in ks:
         proj = sh.need("head.weight", 2)
@@ -402,7 +414,7 @@ def plan_timm_to_hf(source, prefix: str = HF_PREFIX, label: str = "timm state di
                              f"{HF_PREFIX!r} layout has (CLIPVisionModelWithProjection / CLIPModel); use "
                              f"prefix={HF_PREFIX!r}, or drop the head")
         dims["num_classes"] = proj[0]
-        add("visual_projection.weight", ["head.weight"], _copy, proj)
+        rules.append(_Rule("visual_projection.weight", ("head.weight",), _copy, proj, src.dtype("head.weight")))
         if "head.bias" in ks:
             sh.expect("head.bias", (proj[0],))
             b = src.get("head.bias")
