@@ -21,11 +21,12 @@ from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 
 from swudi_lab.cli import main  # noqa: E402
 from swudi_lab.hub.convert import (HF_PREFIX, TIMM_CLIP_MODELS, TimmSpec, convert_checkpoint,  # noqa: E402
-                                   detect_hf_prefix, hf_config_from_timm_spec, hf_to_timm, open_hf,
+                                   detect_hf_prefix, hf_config_from_timm_spec, hf_to_timm,
                                    plan_hf_to_timm, plan_timm_to_hf, read_timm_spec, timm_spec_from_hf_config,
                                    timm_to_hf)
 from swudi_lab.merge import merge, save_safetensors  # noqa: E402
 from swudi_lab.merge.io import load_state_dict  # noqa: E402
+from swudi_lab.merge.routing import VISION_PREFIX, vision_prefix  # noqa: E402
 
 VC = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
           patch_size=8, projection_dim=16, hidden_act="quick_gelu", layer_norm_eps=1e-5)
@@ -155,6 +156,7 @@ def test_both_hf_layouts_give_the_same_timm_state():
     prefixed = {k: v for k, v in hf.state_dict().items() if k != "visual_projection.weight"}
     bare = {k[len(HF_PREFIX):]: v for k, v in prefixed.items()}
     assert detect_hf_prefix(prefixed) == HF_PREFIX and detect_hf_prefix(bare) == ""
+    assert HF_PREFIX == VISION_PREFIX and all(detect_hf_prefix(sd) == vision_prefix(sd) for sd in (prefixed, bare))
     assert bitwise_equal(hf_to_timm(prefixed), hf_to_timm(bare))
 
 
@@ -384,7 +386,7 @@ def test_cli_errors_write_nothing(tmp_path, capsys):
     os.rename(shard, moved)
     assert main(["convert", "--to", "timm", str(src), str(out)]) == 1
     err = capsys.readouterr().err
-    assert f"shard {shard.name}" in err and "missing" in err
+    assert f"shard {shard}" in err and "not found" in err
     assert files_in(out.parent) == []
     os.rename(moved, shard)
 
@@ -437,21 +439,24 @@ def test_pytorch_model_bin_and_prefixed_vision_model_without_projection(tmp_path
     assert bitwise_equal(again.state_dict(), hf.state_dict())
 
 
-def test_open_hf_rejects_a_bad_index(tmp_path):
+def test_convert_rejects_a_bad_index(tmp_path):
+    """The shard index is checked by swudi_lab.merge.io's reader before anything is converted or written."""
     hf = hf_bare()
     hf.save_pretrained(tmp_path / "m", max_shard_size="20KB")
     index = tmp_path / "m" / "model.safetensors.index.json"
+    out = tmp_path / "t.safetensors"
     data = json.loads(index.read_text())
     key = next(iter(data["weight_map"]))
     other = sorted(set(data["weight_map"].values()) - {data["weight_map"][key]})[0]
     data["weight_map"][key] = other
     index.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match=rf"{key!r} should be in {other}"):
-        open_hf(tmp_path / "m")
+    with pytest.raises(ValueError, match=rf"puts tensor {key!r} in {other}, which does not hold it"):
+        convert_checkpoint(tmp_path / "m", out, "timm")
     data["weight_map"][key] = "../escape.safetensors"
     index.write_text(json.dumps(data))
-    with pytest.raises(ValueError, match="is not a file name"):
-        open_hf(tmp_path / "m")
+    with pytest.raises(ValueError, match="names '../escape.safetensors', not a file in"):
+        convert_checkpoint(tmp_path / "m", out, "timm")
+    assert files_in(tmp_path) == ["m"]
 
 
 # ----------------------------------------------------------------------------- merging in timm layout

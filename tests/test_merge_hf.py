@@ -89,11 +89,13 @@ def test_directories_read_lazily_in_both_layouts(zoo):
                           (zoo["dirs"][2], zoo["experts"][2], "vision_model.")]:
         ck = open_checkpoint(d)
         assert isinstance(ck, HFDirectoryCheckpoint) and ck.config_path == d / "config.json"
+        assert ck.config == json.loads((d / "config.json").read_text())
         assert ck.keys() == sorted(prefix + k for k in sd)
         for k, v in sd.items():
             assert ck.shape(prefix + k) == tuple(v.shape) and torch.equal(ck.get(prefix + k), v)
         assert detect_routing(ck.keys()).name == "hf_clip"
-    assert {p.name for p in open_checkpoint(zoo["dirs"][0]).files()} >= set(shards)
+    read = {p.name for p in open_checkpoint(zoo["dirs"][0]).files()}
+    assert read >= set(shards) | {"config.json", "model.safetensors.index.json"}
 
 
 def test_pytorch_model_bin_only_weights_only(tmp_path, zoo):
@@ -264,6 +266,12 @@ def _broken_inputs(tmp_path, zoo):
     (bad_index / "model.safetensors.index.json").write_text(json.dumps(index))
     cases.append(("index names a missing file", zoo["base_vis"], [bad_index], FileNotFoundError,
                   "model-00009-of-00009.safetensors named by"))
+    unlisted = shutil.copytree(zoo["dirs"][0], tmp_path / "in" / "unlisted")
+    index = json.loads((unlisted / "model.safetensors.index.json").read_text())
+    del index["weight_map"]["post_layernorm.bias"]
+    (unlisted / "model.safetensors.index.json").write_text(json.dumps(index))
+    cases.append(("index leaves a tensor out", zoo["base_vis"], [unlisted], ValueError,
+                  r"does not list tensor\(s\) \['post_layernorm.bias'\]"))
     short = dict(zoo["experts"][2])
     del short["encoder.layers.1.mlp.fc2.weight"]
     _fusionbench(tmp_path / "in" / "short", short, transformers.CLIPVisionConfig(**VISION))

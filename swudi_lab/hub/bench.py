@@ -39,9 +39,10 @@ from ..evaluate import average_accuracy, measure, normalized_accuracy
 from ..files import atomic_write_text
 from ..merge import METHODS, merge, resolve_device, resolve_params
 from . import require
-from .convert import detect_hf_prefix, open_hf
+from .convert import detect_hf_prefix
 from .data import load_test_set
 from ..merge.fetch import resolve_source
+from ..merge.io import HFDirectoryCheckpoint
 from .heads import head_path, image_logits, load_clip, zeroshot_head
 from .tasks import TA8, base_model_id, expert_ids, get_family, get_task
 
@@ -169,7 +170,7 @@ def _local(source: str, what: str, timeout: float) -> Path:
 
 def _vision_state(folder: Path, what: str) -> dict[str, torch.Tensor]:
     """The vision tower of an HF CLIP folder (CLIPModel or CLIPVisionModel, either key layout), unprefixed."""
-    ck = open_hf(folder)
+    ck = HFDirectoryCheckpoint(folder)
     keys = list(ck.keys())
     prefix = detect_hf_prefix(keys)
     vision = [k for k in keys if k.startswith(prefix) and not k.startswith(("text_model.", "visual_projection",

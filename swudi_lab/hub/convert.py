@@ -29,7 +29,8 @@ HF (``P`` = ``vision_model.`` or ``""``)            timm                        
 (none: CLIP's projection has no bias)               ``head.bias`` (Pj,)                zeros / must be all zero
 ==================================================  =================================  ==========================
 
-(``W`` is ``weight`` and ``bias``.) Facts behind the table, checked in timm 1.0.31: timm's CLIP
+(``W`` is ``weight`` and ``bias``.) The code reads one table, ``_TABLE``, in both directions: adding a
+mapped tensor is one row there. Facts behind the table, checked in timm 1.0.31: timm's CLIP
 ViTs are ``VisionTransformer(pre_norm=True, class_token=True, global_pool='token',
 no_embed_class=False, act_layer='quick_gelu', norm_layer=LayerNorm(eps=1e-5))``; ``pre_norm`` makes
 the patch conv bias-free; with token pooling ``fc_norm`` is off, so ``norm`` is applied to every
@@ -48,8 +49,9 @@ API: :func:`hf_to_timm`, :func:`timm_to_hf` (state dicts), :func:`plan_hf_to_tim
 :func:`plan_timm_to_hf` (the same, lazily, for any :class:`~swudi_lab.merge.io.Checkpoint`),
 :func:`detect_hf_prefix`, :class:`TimmSpec` with :func:`timm_spec_from_hf_config` (the timm model
 for an HF ``config.json``, tiny ones included), :func:`hf_config_from_timm_spec`,
-:func:`infer_hf_config` (shapes only), :func:`open_hf` (an HF directory, shards included, or a
-``.safetensors`` file, read one tensor at a time) and :func:`convert_checkpoint` (``swudi-lab convert``).
+:func:`infer_hf_config` (shapes only) and :func:`convert_checkpoint` (``swudi-lab convert``). Files are
+read by :mod:`swudi_lab.merge.io` (:func:`~swudi_lab.merge.io.open_checkpoint`: an HF model directory,
+shards or a weights-only ``pytorch_model.bin`` included, or one ``.safetensors`` file, one tensor at a time).
 """
 
 from __future__ import annotations
@@ -66,16 +68,19 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from ..merge.io import Checkpoint, DictCheckpoint, SafetensorsWriter, load_state_dict
+from ..merge.io import (Checkpoint, DictCheckpoint, HFDirectoryCheckpoint, SafetensorsCheckpoint, SafetensorsWriter,
+                        open_checkpoint, read_json)
+from ..merge.routing import VISION_PREFIX, vision_prefix
 
 __all__ = [
     "HF_PREFIX", "TIMM_CLIP_MODELS", "ConversionPlan", "TimmSpec",
     "detect_hf_prefix", "plan_hf_to_timm", "plan_timm_to_hf", "hf_to_timm", "timm_to_hf",
     "timm_spec_from_hf_config", "hf_config_from_timm_spec", "infer_hf_config", "vision_config",
-    "open_hf", "HFCheckpoint", "read_timm_spec", "convert_checkpoint",
+    "read_timm_spec", "convert_checkpoint",
 ]
 
-HF_PREFIX = "vision_model."
+HF_PREFIX = VISION_PREFIX  # "vision_model.": the key layout is merge.routing's (vision_prefix)
+_CLS = "embeddings.class_embedding"
 
 # timm's registered CLIP ViTs with OpenAI's QuickGELU (timm/models/vision_transformer.py):
 # name -> (patch_size, embed_dim, depth, num_heads, img_size); all have mlp_ratio 4, LayerNorm eps 1e-5.
@@ -98,11 +103,47 @@ _HF_VISION_DEFAULTS = {
 }
 _ACTS = {"quick_gelu": "quick_gelu", "gelu": "gelu"}  # HF hidden_act -> timm act_layer (both exact)
 
-_BLOCK_PARTS_HF = {  # HF per-layer name (after ``encoder.layers.i.``) -> timm (after ``blocks.i.``)
-    "layer_norm1": "norm1", "layer_norm2": "norm2", "self_attn.out_proj": "attn.proj",
-    "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2",
-}
-_TOP_HF = {"pre_layrnorm": "norm_pre", "post_layernorm": "norm"}
+
+@dataclass(frozen=True)
+class _Pair:
+    """One row of :data:`_TABLE`: a tensor's HF key (after the prefix), its timm key and their shapes.
+
+    ``{i}`` in both keys is the block index; ``{x}`` in the HF key makes the row fused: timm's one
+    tensor is HF's ``q``, ``k``, ``v`` stacked on dim 0 (its shape: 3x the first size). Shapes are in
+    the sizes ``D`` (width), ``M`` (MLP width), ``T`` (tokens), ``C`` (channels), ``p`` (patch) or
+    integers, each size read off the first tensor that has it. ``timm_shape`` ``None`` means the HF
+    shape. The tensor op follows: equal shapes copy, different ones reshape, fused rows concatenate
+    (HF -> timm) and slice (timm -> HF).
+    """
+
+    hf: str
+    timm: str
+    hf_shape: tuple
+    timm_shape: tuple | None = None
+
+
+_TABLE = (  # every tensor of the vision tower, both directions (the head, which CLIP lacks a bias for, is apart)
+    #     HF key (after the prefix P)                      timm key                      HF shape              timm shape
+    _Pair("embeddings.class_embedding",                    "cls_token",                  ("D",),               (1, 1, "D")),
+    _Pair("embeddings.patch_embedding.weight",             "patch_embed.proj.weight",    ("D", "C", "p", "p")),
+    _Pair("embeddings.position_embedding.weight",          "pos_embed",                  ("T", "D"),           (1, "T", "D")),
+    _Pair("pre_layrnorm.weight",                           "norm_pre.weight",            ("D",)),
+    _Pair("pre_layrnorm.bias",                             "norm_pre.bias",              ("D",)),
+    _Pair("post_layernorm.weight",                         "norm.weight",                ("D",)),
+    _Pair("post_layernorm.bias",                           "norm.bias",                  ("D",)),
+    _Pair("encoder.layers.{i}.layer_norm1.weight",         "blocks.{i}.norm1.weight",    ("D",)),
+    _Pair("encoder.layers.{i}.layer_norm1.bias",           "blocks.{i}.norm1.bias",      ("D",)),
+    _Pair("encoder.layers.{i}.self_attn.{x}_proj.weight",  "blocks.{i}.attn.qkv.weight", ("D", "D")),
+    _Pair("encoder.layers.{i}.self_attn.{x}_proj.bias",    "blocks.{i}.attn.qkv.bias",   ("D",)),
+    _Pair("encoder.layers.{i}.self_attn.out_proj.weight",  "blocks.{i}.attn.proj.weight", ("D", "D")),
+    _Pair("encoder.layers.{i}.self_attn.out_proj.bias",    "blocks.{i}.attn.proj.bias",  ("D",)),
+    _Pair("encoder.layers.{i}.layer_norm2.weight",         "blocks.{i}.norm2.weight",    ("D",)),
+    _Pair("encoder.layers.{i}.layer_norm2.bias",           "blocks.{i}.norm2.bias",      ("D",)),
+    _Pair("encoder.layers.{i}.mlp.fc1.weight",             "blocks.{i}.mlp.fc1.weight",  ("M", "D")),
+    _Pair("encoder.layers.{i}.mlp.fc1.bias",               "blocks.{i}.mlp.fc1.bias",    ("M",)),
+    _Pair("encoder.layers.{i}.mlp.fc2.weight",             "blocks.{i}.mlp.fc2.weight",  ("D", "M")),
+    _Pair("encoder.layers.{i}.mlp.fc2.bias",               "blocks.{i}.mlp.fc2.bias",    ("D",)),
+)
 
 
 # ----------------------------------------------------------------------------- plans
@@ -201,6 +242,21 @@ class _Shapes:
             raise ValueError(f"{self.src.label}: {key!r} has shape {s}, expected {tuple(shape)}")
         return s
 
+    def fit(self, key: str, spec: tuple, sizes: dict) -> tuple[int, ...]:
+        """``key``'s shape against ``spec`` (ints and size names): known sizes are checked, new ones added to ``sizes``."""
+        s = self.need(key)
+        new = dict(sizes)
+        ok = len(s) == len(spec)
+        for n, got in zip(spec, s) if ok else ():
+            match = n == got if isinstance(n, int) else new.setdefault(n, got) == got
+            ok = ok and match
+        if not ok:  # the expected shape, with the sizes read so far (or the size names, for a wrong ndim)
+            want = [n if isinstance(n, int) else new.get(n, n) for n in spec]
+            raise ValueError(f"{self.src.label}: {key!r} has shape {s}, expected "
+                             f"({', '.join(map(str, want))}{',' if len(want) == 1 else ''})")
+        sizes.update(new)
+        return s
+
     @property
     def _keys(self):
         if not hasattr(self, "_k"):
@@ -211,23 +267,24 @@ class _Shapes:
 def detect_hf_prefix(keys) -> str:
     """``"vision_model."`` or ``""``: the HF key layout, read from the keys alone.
 
-    ``ValueError`` when neither layout's ``embeddings.class_embedding`` is there, when both are
-    (mixed layouts), or when the keys are timm's.
+    The layout is :func:`swudi_lab.merge.routing.vision_prefix`'s (the prefix when some key starts
+    with it), validated: ``ValueError`` when that layout's ``embeddings.class_embedding`` is not
+    there (the keys are timm's, or no CLIP vision tower) or when keys of both layouts are (mixed).
     """
     keys = set(keys)
-    with_p, without = f"{HF_PREFIX}embeddings.class_embedding" in keys, "embeddings.class_embedding" in keys
+    prefix = vision_prefix(keys)
+    with_p, without = HF_PREFIX + _CLS in keys, _CLS in keys
     if with_p and without:
-        raise ValueError("mixed HF layouts: both 'vision_model.embeddings.class_embedding' and "
-                         "'embeddings.class_embedding' are present")
-    if with_p:
-        return HF_PREFIX
-    if without:
-        return ""
+        raise ValueError(f"mixed HF layouts: both {HF_PREFIX + _CLS!r} and {_CLS!r} are present")
+    if prefix and without:
+        raise ValueError(f"mixed HF layouts: {_fmt([k for k in keys if k.startswith(HF_PREFIX)], 3)} have the "
+                         f"{HF_PREFIX!r} prefix, {_CLS!r} does not")
+    if with_p or without:
+        return prefix
     if "cls_token" in keys and "patch_embed.proj.weight" in keys:
         raise ValueError("these are timm keys (cls_token, patch_embed.proj.weight), not an HF CLIP vision tower; "
                          "convert them with timm_to_hf / --to hf")
-    raise ValueError("not an HF CLIP vision tower: no 'vision_model.embeddings.class_embedding' or "
-                     "'embeddings.class_embedding' key")
+    raise ValueError(f"not an HF CLIP vision tower: no {HF_PREFIX + _CLS!r} or {_CLS!r} key")
 
 
 _HF_LAYER = re.compile(r"encoder\.layers\.(\d+)\.(.+)")
@@ -244,6 +301,44 @@ def _depth(keys, pattern: re.Pattern, label: str, what: str) -> int:
     return len(idx)
 
 
+def _table_rules(src: Checkpoint, sh: _Shapes, prefix: str, depth: int, to_timm: bool) -> tuple[list[_Rule], dict]:
+    """The rules of every :data:`_TABLE` row in one direction, with the shapes checked; and the sizes read."""
+    rows = [(r, None) for r in _TABLE if "{i}" not in r.hf]
+    rows += [(r, i) for i in range(depth) for r in _TABLE if "{i}" in r.hf]
+    sizes: dict = {}
+    rules: list[_Rule] = []
+    for row, i in rows:
+        fused = "{x}" in row.hf
+        hf_keys = tuple(prefix + row.hf.format(i=i, x=x) for x in (("q", "k", "v") if fused else (None,)))
+        timm_keys = (row.timm.format(i=i),)
+        hf_spec, timm_spec = row.hf_shape, row.timm_shape or row.hf_shape
+        if fused:  # its first size is known by now (D: the class embedding comes first)
+            timm_spec = (3 * sizes[hf_spec[0]],) + tuple(hf_spec[1:])
+        ins, outs, in_spec, out_spec = ((hf_keys, timm_keys, hf_spec, timm_spec) if to_timm
+                                        else (timm_keys, hf_keys, timm_spec, hf_spec))
+        for k in ins:
+            sh.fit(k, in_spec, sizes)
+        shape = tuple(n if isinstance(n, int) else sizes[n] for n in out_spec)
+        dts = {src.dtype(k) for k in ins}
+        if len(dts) > 1:
+            raise ValueError(f"{src.label}: {prefix}{row.hf.format(i=i, x='{q,k,v}')} have different dtypes "
+                             f"{sorted(map(str, dts))}")
+        dtype = dts.pop()
+        if fused and to_timm:
+            rules.append(_Rule(outs[0], ins, _cat, shape, dtype))
+        elif fused:
+            n = shape[0]
+            rules += [_Rule(k, ins, _slicer(j * n, (j + 1) * n), shape, dtype) for j, k in enumerate(outs)]
+        else:
+            rules.append(_Rule(outs[0], ins, _copy if in_spec == out_spec else _reshaper(shape), shape, dtype))
+    return rules, sizes
+
+
+def _dims(sizes: dict, depth: int) -> dict:
+    return dict(embed_dim=sizes["D"], depth=depth, mlp_dim=sizes["M"], patch_size=sizes["p"], in_chans=sizes["C"],
+                num_tokens=sizes["T"], num_classes=0)
+
+
 def plan_hf_to_timm(source, label: str = "HF state dict") -> ConversionPlan:
     """Plan HF CLIP vision (either layout, a full ``CLIPModel`` too) -> timm ``VisionTransformer`` keys.
 
@@ -252,67 +347,25 @@ def plan_hf_to_timm(source, label: str = "HF state dict") -> ConversionPlan:
     """
     src = _source(source, label)
     keys = list(src.keys())
-    prefix = detect_hf_prefix(keys)
+    try:
+        prefix = detect_hf_prefix(keys)
+    except ValueError as e:
+        raise ValueError(f"{src.label}: {e}") from None
     sh = _Shapes(src, "HF")
     p = prefix
     skipped = [k for k in keys if _HF_SKIP.fullmatch(k) or k == p + _HF_BUFFER]
-    if not prefix:
-        mixed = [k for k in keys if k.startswith(HF_PREFIX)]
-        if mixed:
-            raise ValueError(f"{src.label}: mixed HF layouts: {_fmt(mixed, 3)} have the 'vision_model.' prefix, "
-                             "'embeddings.class_embedding' does not")
     depth = _depth([k[len(p):] for k in keys if k.startswith(p)], _HF_LAYER, src.label, "encoder.layers.<i>")
 
-    (dim,) = sh.need(p + "embeddings.class_embedding", 1)
-    pe = sh.need(p + "embeddings.patch_embedding.weight", 4)
-    if pe[0] != dim or pe[2] != pe[3]:
-        raise ValueError(f"{src.label}: {p}embeddings.patch_embedding.weight has shape {pe}, expected "
-                         f"({dim}, C, p, p) (square patches)")
-    tokens = sh.need(p + "embeddings.position_embedding.weight", 2)[0]
-    sh.expect(p + "embeddings.position_embedding.weight", (tokens, dim))
-    mlp_dim = sh.need(p + "encoder.layers.0.mlp.fc1.weight", 2)[0]
-    dims = dict(embed_dim=dim, depth=depth, mlp_dim=mlp_dim, patch_size=pe[2], in_chans=pe[1], num_tokens=tokens,
-                num_classes=0)
-
-    rules: list[_Rule] = []
-
-    def add(out, ins, fn, shape, dtype=None):
-        rules.append(_Rule(out, tuple(ins), fn, tuple(shape), dtype or src.dtype(ins[0])))
-
-    add("cls_token", [p + "embeddings.class_embedding"], _reshaper((1, 1, dim)), (1, 1, dim))
-    add("patch_embed.proj.weight", [p + "embeddings.patch_embedding.weight"], _copy, pe)
-    add("pos_embed", [p + "embeddings.position_embedding.weight"], _reshaper((1, tokens, dim)), (1, tokens, dim))
-    for hf, tm in _TOP_HF.items():
-        for w in ("weight", "bias"):
-            sh.expect(f"{p}{hf}.{w}", (dim,))
-            add(f"{tm}.{w}", [f"{p}{hf}.{w}"], _copy, (dim,))
-    part_shapes = {
-        "layer_norm1": {"weight": (dim,), "bias": (dim,)}, "layer_norm2": {"weight": (dim,), "bias": (dim,)},
-        "self_attn.out_proj": {"weight": (dim, dim), "bias": (dim,)},
-        "mlp.fc1": {"weight": (mlp_dim, dim), "bias": (mlp_dim,)},
-        "mlp.fc2": {"weight": (dim, mlp_dim), "bias": (dim,)},
-    }
-    for i in range(depth):
-        hp, tp = f"{p}encoder.layers.{i}.", f"blocks.{i}."
-        for hf, tm in _BLOCK_PARTS_HF.items():
-            for w, shape in part_shapes[hf].items():
-                sh.expect(f"{hp}{hf}.{w}", shape)
-                add(f"{tp}{tm}.{w}", [f"{hp}{hf}.{w}"], _copy, shape)
-        for w, shape in (("weight", (dim, dim)), ("bias", (dim,))):
-            ins = [f"{hp}self_attn.{x}_proj.{w}" for x in "qkv"]
-            for k in ins:
-                sh.expect(k, shape)
-            dts = {src.dtype(k) for k in ins}
-            if len(dts) > 1:
-                raise ValueError(f"{src.label}: {hp}self_attn.{{q,k,v}}_proj.{w} have different dtypes {sorted(map(str, dts))}")
-            add(f"{tp}attn.qkv.{w}", ins, _cat, (3 * shape[0],) + shape[1:])
+    rules, sizes = _table_rules(src, sh, p, depth, to_timm=True)
+    dims = _dims(sizes, depth)
+    dim = dims["embed_dim"]
     if "visual_projection.weight" in keys:
         proj = sh.need("visual_projection.weight", 2)
         if proj[1] != dim:
             raise ValueError(f"{src.label}: 'visual_projection.weight' has shape {proj}, expected (projection_dim, {dim})")
         dims["num_classes"] = proj[0]
-        add("head.weight", ["visual_projection.weight"], _copy, proj)
         dt = src.dtype("visual_projection.weight")
+        rules.append(_Rule("head.weight", ("visual_projection.weight",), _copy, proj, dt))
         rules.append(_Rule("head.bias", (), lambda: torch.zeros(proj[0], dtype=dt), (proj[0],), dt))
 
     used = {k for r in rules for k in r.ins} | set(skipped)
@@ -334,7 +387,7 @@ def plan_timm_to_hf(source, prefix: str = HF_PREFIX, label: str = "timm state di
     src = _source(source, label)
     keys = list(src.keys())
     ks = set(keys)
-    if "embeddings.class_embedding" in ks or f"{HF_PREFIX}embeddings.class_embedding" in ks:
+    if _CLS in ks or HF_PREFIX + _CLS in ks:
         raise ValueError(f"{src.label}: these are HF keys (embeddings.class_embedding), not timm's; "
                          "convert them with hf_to_timm / --to timm")
     for k, why in (("patch_embed.proj.bias", "CLIP's patch embedding has no bias (timm builds it without one "
@@ -348,47 +401,9 @@ def plan_timm_to_hf(source, prefix: str = HF_PREFIX, label: str = "timm state di
     sh = _Shapes(src, "timm")
     p = prefix
     depth = _depth(keys, _TIMM_BLOCK, src.label, "blocks.<i>")
-    cls = sh.need("cls_token", 3)
-    dim = cls[2]
-    sh.expect("cls_token", (1, 1, dim))
-    pe = sh.need("patch_embed.proj.weight", 4)
-    if pe[0] != dim or pe[2] != pe[3]:
-        raise ValueError(f"{src.label}: 'patch_embed.proj.weight' has shape {pe}, expected ({dim}, C, p, p)")
-    tokens = sh.need("pos_embed", 3)[1]
-    sh.expect("pos_embed", (1, tokens, dim))
-    mlp_dim = sh.need("blocks.0.mlp.fc1.weight", 2)[0]
-    dims = dict(embed_dim=dim, depth=depth, mlp_dim=mlp_dim, patch_size=pe[2], in_chans=pe[1], num_tokens=tokens,
-                num_classes=0)
-
-    rules: list[_Rule] = []
-
-    def add(out, ins, fn, shape):
-        rules.append(_Rule(out, tuple(ins), fn, tuple(shape), src.dtype(ins[0])))
-
-    add(p + "embeddings.class_embedding", ["cls_token"], _reshaper((dim,)), (dim,))
-    add(p + "embeddings.patch_embedding.weight", ["patch_embed.proj.weight"], _copy, pe)
-    add(p + "embeddings.position_embedding.weight", ["pos_embed"], _reshaper((tokens, dim)), (tokens, dim))
-    for hf, tm in _TOP_HF.items():
-        for w in ("weight", "bias"):
-            sh.expect(f"{tm}.{w}", (dim,))
-            add(f"{p}{hf}.{w}", [f"{tm}.{w}"], _copy, (dim,))
-    part_shapes = {
-        "norm1": {"weight": (dim,), "bias": (dim,)}, "norm2": {"weight": (dim,), "bias": (dim,)},
-        "attn.proj": {"weight": (dim, dim), "bias": (dim,)},
-        "mlp.fc1": {"weight": (mlp_dim, dim), "bias": (mlp_dim,)},
-        "mlp.fc2": {"weight": (dim, mlp_dim), "bias": (dim,)},
-    }
-    for i in range(depth):
-        hp, tp = f"{p}encoder.layers.{i}.", f"blocks.{i}."
-        for hf, tm in _BLOCK_PARTS_HF.items():
-            for w, shape in part_shapes[tm].items():
-                sh.expect(f"{tp}{tm}.{w}", shape)
-                add(f"{hp}{hf}.{w}", [f"{tp}{tm}.{w}"], _copy, shape)
-        for w, shape in (("weight", (dim, dim)), ("bias", (dim,))):
-            k = f"{tp}attn.qkv.{w}"
-            sh.expect(k, (3 * dim,) + shape[1:])
-            for j, x in enumerate("qkv"):
-                add(f"{hp}self_attn.{x}_proj.{w}", [k], _slicer(j * dim, (j + 1) * dim), shape)
+    rules, sizes = _table_rules(src, sh, p, depth, to_timm=False)
+    dims = _dims(sizes, depth)
+    dim = dims["embed_dim"]
     used = set()
     if "head.weight" in ks:
         proj = sh.need("head.weight", 2)
@@ -399,7 +414,7 @@ def plan_timm_to_hf(source, prefix: str = HF_PREFIX, label: str = "timm state di
                              f"{HF_PREFIX!r} layout has (CLIPVisionModelWithProjection / CLIPModel); use "
                              f"prefix={HF_PREFIX!r}, or drop the head")
         dims["num_classes"] = proj[0]
-        add("visual_projection.weight", ["head.weight"], _copy, proj)
+        rules.append(_Rule("visual_projection.weight", ("head.weight",), _copy, proj, src.dtype("head.weight")))
         if "head.bias" in ks:
             sh.expect("head.bias", (proj[0],))
             b = src.get("head.bias")
@@ -608,126 +623,13 @@ def _check_config(config: dict, proj_dim: int | None, dims: Mapping, label: str)
 # ----------------------------------------------------------------------------- reading
 
 
-class HFCheckpoint(Checkpoint):
-    """Tensors of an HF model directory or a ``.safetensors`` file, read one at a time.
-
-    ``config`` is the directory's ``config.json`` (a dict) or ``None``; ``files`` the files read. Shards
-    (``model.safetensors.index.json`` + ``model-0000k-of-0000n.safetensors``) are each opened with
-    ``safe_open``; a missing or inconsistent shard is an error before anything is read. Kept
-    minimal and self-contained (to be replaced by the general HF-directory reader of
-    :mod:`swudi_lab.merge.io`).
-    """
-
-    def __init__(self, files: Mapping[str, Path], label: str, config: dict | None = None,
-                 tensors: Mapping[str, torch.Tensor] | None = None):
-        from safetensors import safe_open
-
-        self.label, self.config = label, config
-        self.files = [Path(p) for p in files.values()]
-        self._handles, self._where, self._meta = {}, {}, {}
-        self._tensors = dict(tensors or {})
-        self.metadata: dict = {}
-        for name, path in files.items():
-            try:
-                f = safe_open(str(path), framework="pt", device="cpu")
-                ks = list(f.keys())
-                self.metadata.update(f.metadata() or {})
-                for k in ks:
-                    sl = f.get_slice(k)
-                    self._meta[k] = tuple(sl.get_shape()), sl.get_dtype()
-            except Exception as e:  # SafetensorError and friends
-                raise ValueError(f"cannot read safetensors file {path}: {e}") from None
-            self._handles[name] = f
-            for k in ks:
-                if k in self._where:
-                    raise ValueError(f"{label}: tensor {k!r} is in both {self._where[k]} and {name}")
-                self._where[k] = name
-        self._keys = sorted(set(self._where) | set(self._tensors))
-
-    def keys(self) -> list[str]:
-        return self._keys
-
-    def shape(self, key):
-        if key in self._tensors:
-            return tuple(self._tensors[key].shape)
-        return self._meta[key][0]
-
-    def dtype(self, key):
-        from ..merge.io import _ST_DTYPES
-
-        if key in self._tensors:
-            return self._tensors[key].dtype
-        code = self._meta[key][1]
-        if code not in _ST_DTYPES:
-            raise ValueError(f"{self.label}: tensor {key!r} has unsupported dtype {code}")
-        return _ST_DTYPES[code]
-
-    def get(self, key):
-        if key in self._tensors:
-            return self._tensors[key].detach().clone()
-        try:
-            return self._handles[self._where[key]].get_tensor(key)
-        except Exception as e:
-            raise ValueError(f"cannot read tensor {key!r} from {self._where[key]} ({self.label}): {e}") from None
-
-
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read {what} {path}: {e}") from None
-
-
-def open_hf(path: str | os.PathLike) -> HFCheckpoint:
-    """Open an HF model directory (``model.safetensors``, shards with ``model.safetensors.index.json``, or a
-    weights-only ``pytorch_model.bin``) or one ``.safetensors`` file, lazily."""
-    path = Path(path)
-    if path.is_file():
-        if path.suffix.lower() != ".safetensors":
-            raise ValueError(f"{path}: expected an HF model directory or a .safetensors file")
-        return HFCheckpoint({path.name: path}, str(path))
-    if not path.is_dir():
-        raise FileNotFoundError(f"not found: {path}")
-    config = _read_json(path / "config.json", "config") if (path / "config.json").is_file() else None
-    single, index = path / "model.safetensors", path / "model.safetensors.index.json"
-    if single.is_file():
-        return HFCheckpoint({single.name: single}, str(path), config)
-    if index.is_file():
-        wm = _read_json(index, "shard index").get("weight_map")
-        if not isinstance(wm, dict) or not wm:
-            raise ValueError(f"{index}: no 'weight_map'")
-        shards = sorted(set(wm.values()))
-        for s in shards:
-            if not isinstance(s, str) or Path(s).name != s:
-                raise ValueError(f"{index}: shard name {s!r} is not a file name in {path}")
-            if not (path / s).is_file():
-                first = next(k for k, v in wm.items() if v == s)
-                raise FileNotFoundError(f"{path}: shard {s} (holding {first!r} ...) listed in {index.name} is missing")
-        ck = HFCheckpoint({s: path / s for s in shards}, str(path), config)
-        for k, s in wm.items():
-            if ck._where.get(k) != s:
-                raise ValueError(f"{index}: {k!r} should be in {s} but is "
-                                 + (f"in {ck._where[k]}" if k in ck._where else "in no shard"))
-        extra = sorted(set(ck._where) - set(wm))
-        if extra:
-            raise ValueError(f"{index}: shards hold tensors the index does not list: {_fmt(extra)}")
-        ck.files.append(index)
-        return ck
-    binf = path / "pytorch_model.bin"
-    if binf.is_file():  # weights-only torch.load (never executes pickled code), memory-mapped
-        ck = HFCheckpoint({}, str(path), config, tensors=load_state_dict(binf))
-        ck.files.append(binf)
-        return ck
-    raise FileNotFoundError(f"{path}: no model.safetensors, model.safetensors.index.json or pytorch_model.bin")
-
-
 def read_timm_spec(path: str | os.PathLike) -> TimmSpec | None:
     """The :class:`TimmSpec` of a converted timm file: its JSON sidecar, else its safetensors metadata."""
     path = Path(path)
     side = path.with_suffix(".json")
     if side.is_file():
-        return TimmSpec.from_json(_read_json(side, "timm sidecar"), str(side))
-    meta = HFCheckpoint({path.name: path}, str(path)).metadata
+        return TimmSpec.from_json(read_json(side, "timm sidecar"), str(side))
+    meta = SafetensorsCheckpoint(path).metadata()
     if "swudi_lab.timm_spec" in meta:
         return TimmSpec.from_json(json.loads(meta["swudi_lab.timm_spec"]), f"{path} metadata")
     return None
@@ -765,7 +667,7 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str, 
         raise FileNotFoundError(f"input not found: {src}")
     if config is not None and not Path(config).is_file():
         raise FileNotFoundError(f"config not found: {config}")
-    user_cfg = _read_json(Path(config), "config") if config is not None else None
+    user_cfg = read_json(Path(config), "config") if config is not None else None
     if to == "timm":
         return _to_timm(src, dst, user_cfg, config)
     return _to_hf(src, dst, user_cfg, config, prefix)
@@ -774,14 +676,17 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike, to: str, 
 def _to_timm(src: Path, dst: Path, user_cfg, config_path) -> dict:
     if dst.suffix.lower() != ".safetensors":
         raise ValueError(f"--to timm writes a .safetensors file, got {dst}")
-    ck = open_hf(src)
+    if src.is_file() and src.suffix.lower() != ".safetensors":
+        raise ValueError(f"{src}: expected an HF model directory or a .safetensors file")
+    ck = open_checkpoint(src)
+    hf_dir_cfg = ck.config if isinstance(ck, HFDirectoryCheckpoint) else None
     sidecar = dst.with_suffix(".json")
-    inputs = list(ck.files) + ([src / "config.json"] if src.is_dir() else []) + ([Path(config_path)] if config_path else [])
+    inputs = ck.files() + ([Path(config_path)] if config_path else [])
     for out in (dst, sidecar):
         if any(_same_file(out, i) for i in inputs):
             raise ValueError(f"output {out} is one of the inputs; inputs are never modified")
     plan = plan_hf_to_timm(ck, label=ck.label)
-    cfg, label, assumed = (user_cfg, str(config_path), []) if user_cfg is not None else (ck.config, f"{src}/config.json", [])
+    cfg, label, assumed = (user_cfg, str(config_path), []) if user_cfg is not None else (hf_dir_cfg, f"{src}/config.json", [])
     if cfg is None:
         cfg, assumed = infer_hf_config(plan.dims)
         label = "inferred config"
@@ -804,7 +709,7 @@ def _to_hf(src: Path, dst: Path, user_cfg, config_path, prefix: str) -> dict:
         raise ValueError(f"--to hf reads a timm .safetensors file, got {src}")
     if dst.exists():
         raise ValueError(f"output directory {dst} already exists; remove it or choose another")
-    ck = HFCheckpoint({src.name: src}, str(src))
+    ck = open_checkpoint(src)
     plan = plan_timm_to_hf(ck, prefix, label=str(src))
     assumed: list[str] = []
     side = src.with_suffix(".json")
@@ -812,7 +717,7 @@ def _to_hf(src: Path, dst: Path, user_cfg, config_path, prefix: str) -> dict:
         vc, proj = vision_config(user_cfg, str(config_path))
         label = str(config_path)
     else:
-        hf_cfg = _read_json(side, "timm sidecar").get("hf_config") if side.is_file() else None
+        hf_cfg = read_json(side, "timm sidecar").get("hf_config") if side.is_file() else None
         spec = read_timm_spec(src)
         if hf_cfg is not None:
             vc, proj, label = vision_config(hf_cfg, str(side))[0], None, str(side)

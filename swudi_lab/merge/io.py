@@ -56,6 +56,7 @@ __all__ = [
     "SafetensorsCheckpoint",
     "HFDirectoryCheckpoint",
     "open_checkpoint",
+    "read_json",
     "is_hub_id",
     "fetch_hub_model",
     "load_state_dict",
@@ -196,13 +197,21 @@ class SafetensorsCheckpoint(Checkpoint):
         return dict(self._f.metadata() or {})
 
 
+def read_json(path: str | os.PathLike, what: str = "JSON file"):
+    """The parsed JSON of ``path``; ``ValueError`` naming ``what`` and the file when it cannot be read."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read {what} {path}: {e}") from None
+
+
 class HFDirectoryCheckpoint(Checkpoint):
     """A Hugging Face model directory, read one tensor at a time across its shards.
 
-    ``config.json`` must be there. Weights, in transformers' order of preference:
-    ``model.safetensors``, the shards named by ``model.safetensors.index.json`` (every file it
-    names must exist and hold the keys the index gives it), or ``pytorch_model.bin``
-    (weights-only ``torch.load``; a sharded one is refused).
+    ``config.json`` must be there (:attr:`config` parses it). Weights, in transformers' order of
+    preference: ``model.safetensors``, the shards named by ``model.safetensors.index.json`` (every
+    file it names must exist and hold the keys the index gives it, and every tensor of a shard must
+    be in the index), or ``pytorch_model.bin`` (weights-only ``torch.load``; a sharded one is refused).
     Everything is checked when the directory is opened, before any tensor is read.
     ``label`` names it in errors (default: the path; the hub id for a fetched repository).
     """
@@ -215,7 +224,7 @@ class HFDirectoryCheckpoint(Checkpoint):
             raise FileNotFoundError(f"{self.label}: no {CONFIG_NAME} in model directory {self.path}")
         index = self.path / SAFE_WEIGHTS_INDEX_NAME
         single = self.path / SAFE_WEIGHTS_NAME
-        self._files: list[Path] = [self.path]
+        self._files: list[Path] = [self.path, self.config_path]
         self._where: dict[str, Checkpoint] = {}
         if single.is_file():  # transformers' order: model.safetensors before the index
             self.index_path = None
@@ -262,6 +271,19 @@ class HFDirectoryCheckpoint(Checkpoint):
             if key not in shards[name]._meta:
                 raise ValueError(f"shard index {index} puts tensor {key!r} in {name}, which does not hold it")
             self._where[key] = shards[name]
+        for name, shard in shards.items():
+            unlisted = [k for k in shard.keys() if weight_map.get(k) != name]
+            if unlisted:
+                raise ValueError(f"shard index {index} does not list tensor(s) {unlisted[:5]} of {name}"
+                                 + (f" ({len(unlisted)} in all)" if len(unlisted) > 5 else ""))
+        self._files.append(index)
+
+    @property
+    def config(self) -> dict:
+        """The parsed ``config.json`` (read on first use; ``ValueError`` when it is no valid JSON)."""
+        if not hasattr(self, "_config"):
+            self._config = read_json(self.config_path, "config")
+        return self._config
 
     def keys(self) -> list[str]:
         return self._keys
