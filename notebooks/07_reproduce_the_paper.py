@@ -33,7 +33,7 @@
 # * **Without a GPU or network** (here, nbval, the browser check) it runs the same pipeline on an
 #   **offline stand-in** in under two minutes: tiny CLIP models built with `transformers`, a few
 #   synthetic images per class in the hub's dataset layout. Its numbers test the code, not the paper;
-#   the first output says which of the two ran.
+#   the first line the run prints says which of the two it is.
 #
 # The same run from a terminal: `swudi-lab bench clip --device cuda` (or `--standin`).
 
@@ -51,7 +51,6 @@ from swudi_lab import viz
 from swudi_lab.hub import bench
 
 DEVICE = swudi_lab.setup_notebook()
-MODE = bench.run_mode(DEVICE)
 
 # %% [markdown]
 # ## Run the benchmark
@@ -64,6 +63,7 @@ MODE = bench.run_mode(DEVICE)
 # decoded once for all models.
 
 # %%
+MODE = bench.run_mode(DEVICE)  # its line says which run this is: the published experts or the offline stand-in
 if MODE == "hub":
     config = bench.BenchConfig(device=DEVICE)
 else:

@@ -29,6 +29,7 @@ COURSE = [
     "04_merging_is_an_inverse_problem",
     "05_end_to_end_vit_merge",
     "06_speed_and_memory",
+    "07_reproduce_the_paper",
 ]
 ids = [p.stem for p in NOTEBOOKS]
 
@@ -67,7 +68,7 @@ def test_setup_cell_is_one_library_call():
 
 def test_check_cli_passes_on_the_course(capsys):
     assert tool.main(["--check"]) == 0
-    assert "6 notebooks" in capsys.readouterr().out
+    assert "7 notebooks" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------- a teacher's edit, then sync -------

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..files import atomic_dir
+from ..merge.routing import VISION_PREFIX
 from . import require
 from .tasks import TA8, get_task
 
@@ -123,7 +124,7 @@ def _write_prefixed(folder: Path) -> None:
 
     path = folder / "model.safetensors"
     state = load_file(path)
-    prefixed = {k if k.startswith("vision_model.") else "vision_model." + k: v for k, v in state.items()}
+    prefixed = {k if k.startswith(VISION_PREFIX) else VISION_PREFIX + k: v for k, v in state.items()}
     save_file(prefixed, path, metadata={"format": "pt"})
 
 
