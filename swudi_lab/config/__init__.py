@@ -3,6 +3,6 @@
 Pure data, at the bottom of the import layers: every other part of swudi_lab may read it.
 """
 
-from .presets import PAPER, PRESETS, ZOO_MATCHED, Preset, get_preset, register_preset
+from .presets import PAPER, PRESETS, SWUDI_PLUS, ZOO_MATCHED, Preset, get_preset, register_preset
 
-__all__ = ["Preset", "PRESETS", "PAPER", "ZOO_MATCHED", "get_preset", "register_preset"]
+__all__ = ["Preset", "PRESETS", "PAPER", "SWUDI_PLUS", "ZOO_MATCHED", "get_preset", "register_preset"]
