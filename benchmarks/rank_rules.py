@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     base_acc = E.evaluate_backbone(base, zoo, data, device=args.device)
     print(f"\nAccuracy of the SWUDI-A merges ({n_images} test images; base with heads "
           f"{E.average_accuracy(base_acc):.2f} %, experts {E.average_accuracy(expert_acc):.2f} %)\n")
-    print(f"{'merge':<34s} {'K / d_in':>9s} {'avg acc %':>10s} {'norm acc %':>11s} {'merge s':>8s}")
+    print(f"{'merge':<40s} {'K / d_in':>9s} {'avg acc %':>10s} {'norm acc %':>11s} {'merge s':>8s}")
     runs = {f"swudi_a ({r})": ("swudi_a", {"rank_rule": r}, None) for r in (args.rules or MAIN_RULES)}
     if not args.no_references:
         runs.update(REFERENCES)
@@ -112,7 +112,8 @@ def main(argv=None) -> int:
         if method == "swudi_a":  # the merge keeps the ranks of the table
             assert all(r["k"] == ranks[params["rank_rule"]][r["name"]] for r in rows), label
         acc = E.evaluate_backbone(res.state_dict, zoo, data, device=args.device)
-        print(f"{label:<34s} {share:9.2f} {E.average_accuracy(acc):10.2f} "
+        k_text = f"{share:9.2f}" if np.isfinite(share) else f"{'-':>9s}"
+        print(f"{label:<40s} {k_text} {E.average_accuracy(acc):10.2f} "
               f"{E.normalized_accuracy(acc, expert_acc):11.2f} {seconds:8.2f}", flush=True)
     return 0
 
