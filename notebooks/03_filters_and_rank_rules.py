@@ -24,7 +24,9 @@
 # * choosing the parameter from data: the **L-curve**, **GCV** and the **discrepancy principle**,
 #   against the **oracle** that knows `x_true`;
 # * **SWUDI-A's rank rules**: how many eigen-directions to keep, read off the spectrum alone, on
-#   spectra of different shapes.
+#   spectra of different shapes;
+# * **the rules side by side on the zoo's layers**: the rank each rule keeps per layer type of a real
+#   ViT merge, and the accuracy of the main ones.
 
 # %% tags=["setup"]
 try:
@@ -139,7 +141,13 @@ print(f"all rules within 3x of the oracle; best filter {best:.3g} vs pseudoinver
 # SWUDI-A keeps the `K` largest eigen-directions of `C` (f = 1) and drops the rest, with `K` chosen per
 # layer from the spectrum: by default the **participation ratio of `sqrt(lambda)`**,
 # `K = ceil((sum_k sqrt(lambda_k))^2 / sum_k lambda_k)` (no global rank knob).
-# `swudi_lab.spectral.choose_rank` implements it and its siblings (`RANK_RULES`).
+# `swudi_lab.spectral.choose_rank` implements it and its siblings (`RANK_RULES`): the authors' rules under
+# their names (participation ratios, stable rank `sum lambda^2 / lambda_1^2`, entropies of `lambda` and
+# `lambda^2`, cumulative variance, the D-aware rules on `e_k = ||D q_k||^2 / lambda_k^2`, the loss-based
+# `loss_elbow` and `wudi_risk`, their Gavish-Donoho approximation), Gavish and Donoho's textbook optimal hard
+# threshold `gavish_donoho`, and a few variants of swudi_lab's own under distinct names (`entropy_sv`,
+# `stable_rank_sv`, `loss_kneedle`, `wudi_risk_scalefree`). Some rules read more than the spectrum:
+# `||D q_k||^2`, the start's energy `||theta0 q_k||^2` and the shapes; `S.rank_context` gives them for a layer.
 #
 # We try the rules on four spectra with `trace(C) = N = 8` and `d_in = 256`:
 #
@@ -163,14 +171,13 @@ spectra = {
     "polynomial": normalize(toy.polynomial_spectrum(d, decay=1.0) ** 2),
     "exponential": normalize(toy.exponential_spectrum(d, rate=0.05) ** 2),
 }
-RULES = [r for r in S.RANK_RULES if r not in ("wudi_risk", "loss_elbow")]
-ranks = {name: {r: S.choose_rank(s, r) for r in RULES} for name, s in spectra.items()}
-ranks["merge-like"].update({r: S.choose_rank(spectra["merge-like"], r, rhs_energy=rhs)
-                            for r in ("wudi_risk", "loss_elbow")})
-header_ = f"{'rule':<20s}" + "".join(f"{name:>13s}" for name in spectra)
-print(header_)
-for r in [*RULES, "wudi_risk", "loss_elbow"]:
-    print(f"{r:<20s}" + "".join(f"{ranks[name].get(r, '-'):>13}" for name in spectra))
+context = S.rank_context(op.taus, eig=S.Eig(op.lam, op.Q), D=op.D)  # the merge-like layer has it all
+SPECTRUM_ONLY = [r for r, rule in S.RANK_RULES.items() if not rule.needs]
+ranks = {name: {r: S.choose_rank(s, r) for r in SPECTRUM_ONLY} for name, s in spectra.items()}
+ranks["merge-like"] = {r: S.choose_rank(spectra["merge-like"], r, **context) for r in S.RANK_RULES}
+print(f"{'rule':<28s}" + "".join(f"{name:>13s}" for name in spectra))
+for r in S.RANK_RULES:
+    print(f"{r:<28s}" + "".join(f"{ranks[name].get(r, '-'):>13}" for name in spectra))
 
 # %%
 viz.spectra_figure({k: v for k, v in spectra.items()}, normalize=True,
@@ -194,7 +201,77 @@ print("SWUDI-A default ranks:", K_default)
 # the spectrum with `K` marked.
 
 # %%
-viz.filters_explorer(spectra["merge-like"], n_tasks=N, kappa=3.0, ratio=0.65, rule="participation_sqrt")
+viz.filters_explorer(spectra["merge-like"], n_tasks=N, kappa=3.0, ratio=0.65, rule="participation_sqrt", **context)
+
+# %% [markdown]
+# ## The rules side by side on the zoo's layers
+#
+# The offline zoo of notebook 5 (a small timm ViT, eight tasks, eight fine-tuned experts): every rule on
+# every merged 2-D layer, with the layer's full context. The table gives `K / d_in` per layer type (mean over
+# the four blocks); the accuracy below merges the zoo with SWUDI-A for a few main rules, on the first
+# `N_TEST` test images of each task (`benchmarks/rank_rules.py` runs every main rule on the whole test
+# splits; the README lists its numbers).
+
+# %%
+from swudi_lab import evaluate as E
+from swudi_lab.merge import iter_layer_problems, merge
+from swudi_lab.zoo import load_zoo
+
+zoo = load_zoo(seed=0)
+base = zoo.base_state_dict()
+experts = {task: zoo.expert_state_dict(task) for task in zoo.tasks}
+kinds = viz.LAYER_TYPES
+zoo_ranks = {r: {k: [] for k in kinds} for r in S.RANK_RULES}
+for p in iter_layer_problems(base, experts, device=DEVICE):
+    kind = next(k for k in kinds if f".{k}." in p.name)
+    ctx = S.rank_context(p.taus, eig=p.eig, D=p.D)
+    for r in S.RANK_RULES:
+        zoo_ranks[r][kind].append(S.choose_rank(p.eig.values, r, **ctx) / p.C.shape[0])
+share = {r: {k: float(np.mean(v)) for k, v in per_kind.items()} for r, per_kind in zoo_ranks.items()}
+print(f"{'K / d_in':<28s}" + "".join(f"{k:>7s}" for k in kinds))
+for r, per_kind in share.items():
+    print(f"{r:<28s}" + "".join(f"{per_kind[k]:7.2f}" for k in kinds))
+
+# %%
+fig = go.Figure(go.Heatmap(z=[[share[r][k] for k in kinds] for r in share], x=list(kinds), y=list(share),
+                           zmin=0, zmax=1, colorscale="Viridis", colorbar_title="K / d_in",
+                           text=[[f"{share[r][k]:.2f}" for k in kinds] for r in share], texttemplate="%{text}"))
+fig.update_layout(template=viz.TEMPLATE, height=720, yaxis_autorange="reversed",
+                  title="Share of directions each rank rule keeps, per layer type (zoo, seed 0)")
+fig
+
+# %%
+assert all(0 < v <= 1 for per_kind in share.values() for v in per_kind.values())
+assert all(v == 1 for v in share["none"].values())
+# the authors' stable rank (of C) keeps fewer directions than the stable rank of the task matrix,
+# and the entropy of lambda fewer than that of sqrt(lambda)
+assert all(share["stable_rank"][k] <= share["stable_rank_sv"][k] for k in kinds)
+assert all(share["entropy"][k] <= share["entropy_sv"][k] for k in kinds)
+# fc2 (d_in = 512, the hidden layer's input) keeps the smallest share under the default rule
+assert min(share["participation_sqrt"], key=share["participation_sqrt"].get) == "fc2"
+
+# %% [markdown]
+# Accuracy of the SWUDI-A merges for the main rules (`none` keeps every direction: the closed form), through
+# the fixed task heads. On a CPU, `N_TEST` images per task keep this cell under a minute.
+
+# %%
+N_TEST = None if DEVICE == "cuda" else 200
+data = zoo.test_data(max_per_task=N_TEST)
+base_acc = E.evaluate_backbone(base, zoo, data, device=DEVICE)
+MAIN = ["participation_sqrt", "entropy", "gavish_donoho", "wudi_risk", "none"]
+accuracy = {}
+for r in MAIN:
+    merged = merge(base, experts, "swudi_a", rank_rule=r, device=DEVICE, progress=False)
+    accuracy[r] = E.average_accuracy(E.evaluate_backbone(merged.state_dict, zoo, data, device=DEVICE))
+print(f"{sum(len(y) for _, y in data.values())} test images; base with heads {E.average_accuracy(base_acc):.1f} %")
+for r in MAIN:
+    label = f"swudi_a ({r})"
+    print(f"{label:<30s} keeps {np.mean(list(share[r].values())):.2f} of the directions: {accuracy[r]:.1f} %")
+
+# %%
+assert all(a > E.average_accuracy(base_acc) + 10 for a in accuracy.values()), "every merge beats the base"
+viz.accuracy_bar_figure({f"swudi_a ({r})": a for r, a in accuracy.items()}, base=E.average_accuracy(base_acc),
+                        title="SWUDI-A on the zoo, by rank rule")
 
 # %% [markdown]
 # **Next:** [4 · Merging is an inverse problem](04_merging_is_an_inverse_problem.ipynb): the same

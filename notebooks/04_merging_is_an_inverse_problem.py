@@ -192,13 +192,15 @@ viz.layer_ranks_figure(ranks, d_ins, title="K / d_in chosen by SWUDI-A per layer
 # %%
 import ipywidgets as widgets
 
-rhs = {n: (p.D @ p.eig.vectors).pow(2).sum(0).cpu() for n, p in problems.items()}  # ||D q_k||^2
+# every rank rule's context per layer: ||D q_k||^2, ||theta0 q_k||^2, N d_out, d_out (S.rank_context)
+contexts = {n: S.rank_context(p.taus, eig=p.eig, D=p.D) for n, p in problems.items()}
+rhs = {n: c["rhs_energy"].cpu() for n, c in contexts.items()}  # ||D q_k||^2
 
 def layer_figure(layer, rule, kappa):
     p = problems[layer]
     lam = p.eig.values.cpu()
     d = lam.numel()
-    K = S.choose_rank(lam, rule, rhs_energy=rhs[layer])
+    K = S.choose_rank(lam, rule, **contexts[layer])
     t = kappa * d / N
     filters = {f"exponential(kappa={kappa:.3g})": S.exponential(t), f"top_k(K={K}, {rule})": S.top_k(k=K),
                "swudi (exp x top-K)": S.swudi(t, k=K)}

@@ -81,3 +81,16 @@ def test_heads_and_probes_rows_keep_nothing_at_the_base_and_everything_at_the_ex
     assert all(set(r["per_task_probe"]) == set(zoo.tasks) for r in rows)
     assert all(0.0 <= a <= 100.0 for r in rows for a in r["per_task_probe"].values())
     assert "probe: gain kept" in mr.probe_table(rows)
+
+
+def test_rank_rules_benchmark_on_a_micro_zoo(tmp_path, capsys):
+    rr = _load("rank_rules")
+    zoo = build_zoo(tmp_path, seed=0, config=ZooConfig.micro(), progress=False)
+    base, experts = zoo.base_state_dict(), {t: zoo.expert_state_dict(t) for t in zoo.tasks}
+    ranks, d_in = rr.rank_table(base, experts, ["none", "participation_sqrt", "wudi_risk"])
+    assert d_in and all(ranks["none"][n] == d_in[n] for n in d_in)
+    assert all(1 <= ranks[r][n] <= d_in[n] for r in ranks for n in d_in)
+    assert rr.main(["--root", str(tmp_path), "--images", "20", "--rules", "participation_sqrt", "none",
+                    "--no-references"]) == 0
+    out = capsys.readouterr().out
+    assert "gavish_donoho_authors" in out and "swudi_a (none)" in out and "swudi_a (participation_sqrt)" in out

@@ -9,8 +9,9 @@ import torch
 
 import swudi_lab  # noqa: F401  (before anything that could import timm)
 from swudi_lab.spectral import exponential, filtered_solve, svd, tikhonov, top_k
-from swudi_lab.spectral.choice import _menger_curvature, choose, discrepancy, gcv, l_curve, oracle, parameter_curves
-from swudi_lab.toy import shaw, synthetic_operator, white_noise
+from swudi_lab.spectral.choice import (_menger_curvature, choose, discrepancy, gcv, l_curve, l_curve_curvature, oracle,
+                                      parameter_curves)
+from swudi_lab.toy import gravity, shaw, synthetic_operator, white_noise
 
 
 @pytest.fixture(scope="module")
@@ -158,9 +159,77 @@ def test_bad_inputs(noisy_shaw):
         oracle(p.A, data.b, tikhonov, [1e-3], p.x_true[:-1])
     with pytest.raises(ValueError, match="at least 3"):
         l_curve(p.A, data.b, tikhonov, [1e-3, 1e-4])
+    with pytest.raises(ValueError, match="min_step"):
+        l_curve(p.A, data.b, tikhonov, [1e-3, 1e-4, 1e-5], min_step=-1.0)
     with pytest.raises(ValueError, match="unknown rule"):
         choose(p.A, data.b, tikhonov, [1e-3], ("aic",))
     with pytest.raises(ValueError, match="x_true is required"):
         choose(p.A, data.b, tikhonov, [1e-3], ("oracle",))
     with pytest.raises(ValueError, match="alpha"):
         gcv(p.A, data.b, tikhonov, [-1.0])
+
+
+def _tikhonov_curvature(sigma, beta, outside, alphas):
+    """Analytic curvature of the Tikhonov L-curve (log ||A x - b||, log ||x||), as in Hansen's
+    Regularization Tools (lcfun): exact derivatives in Hansen's parameter l = sqrt(alpha),
+    f = sigma^2 / (sigma^2 + l^2). Sign: the corner is positive. Natural logs (the argmax is the
+    same in log10)."""
+    sigma, beta = sigma[:, None], beta[:, None]
+    l = np.sqrt(np.asarray(alphas, dtype=float))[None, :]
+    xi = beta / sigma
+    f = sigma**2 / (sigma**2 + l**2)
+    cf = 1 - f
+    f1 = -2 * f * cf / l  # df/dl
+    f2 = -f1 * (3 - 4 * f) / l  # d2f/dl2
+    eta = np.sqrt(((f * xi) ** 2).sum(0))
+    rho = np.sqrt(((cf * beta) ** 2).sum(0) + outside)
+    deta = (f * f1 * xi**2).sum(0) / eta
+    drho = -(cf * f1 * beta**2).sum(0) / rho
+    ddeta = ((f1**2 + f * f2) * xi**2).sum(0) / eta - deta**2 / eta
+    ddrho = -((-(f1**2) + cf * f2) * beta**2).sum(0) / rho - drho**2 / rho
+    dle, dlr = deta / eta, drho / rho
+    ddle, ddlr = ddeta / eta - dle**2, ddrho / rho - dlr**2
+    return (dlr * ddle - ddlr * dle) / (dlr**2 + dle**2) ** 1.5
+
+
+@pytest.mark.parametrize("problem", [shaw, gravity])
+@pytest.mark.parametrize("extent", [(-12, 0), (-16, 0), (-8, -2), (-6, -3.5)])
+def test_l_curve_corner_is_the_analytic_maximum_curvature_on_any_grid(problem, extent):
+    """200-point Tikhonov grids of different extents, all containing the corner: the pick is within
+    one grid step of the maximum of the analytic curvature (the defect: a neighbour distance that
+    was a fraction of the whole curve put it tens of steps away on wide grids)."""
+    p = problem(64)
+    data = white_noise(p.b_exact, 1e-2, seed=0)  # 1 % noise
+    dec = svd(p.A, dtype=torch.float64)
+    U, sigma, _ = dec
+    beta = (U.T @ data.b.double()).numpy()
+    outside = float((data.b.double() - U @ (U.T @ data.b.double())).pow(2).sum())
+    s = float(sigma[0]) ** 2
+    fine = s * np.logspace(-16, 0, 16001)
+    kappa = _tikhonov_curvature(sigma.numpy(), beta, outside, fine)
+    best = fine[np.argmax(kappa)]
+    lo, hi = extent
+    grid = s * np.logspace(lo, hi, 200)
+    assert grid[0] < best < grid[-1], "the grid contains the maximum-curvature point"
+    c = l_curve(p.A, data.b, tikhonov, grid.tolist(), decomposition=dec)
+    step = (hi - lo) / 199  # decades per grid step
+    assert abs(math.log10(c.param) - math.log10(best)) <= step * (1 + 1e-9), (c.param / s, best / s)
+    # the curvature at the pick is the maximum's (not a point far down the curve)
+    at_pick = _tikhonov_curvature(sigma.numpy(), beta, outside, [c.param])[0]
+    assert at_pick >= 0.9 * kappa.max()
+
+
+def test_l_curve_curvature_is_local_on_an_arc_and_skips_points_off_the_hull():
+    # an L: a quarter circle of radius R bulging to the lower left, walked from the bottom-right arm
+    R = 0.5
+    phi = np.linspace(0.0, 0.5 * np.pi, 50)
+    rho, eta = 1 - R * np.sin(phi), 1 - R * np.cos(phi)
+    rho, eta = np.r_[3.0, rho, rho[-1]], np.r_[eta[0], eta, 3.0]  # the two arms
+    kappa = l_curve_curvature(rho, eta)
+    assert np.allclose(kappa[2:-3], 1 / R, rtol=1e-3)
+    # a jagged point inside the L (off the lower convex hull) is never a candidate
+    rho2, eta2 = np.insert(rho, 26, rho[26] + 1e-3), np.insert(eta, 26, eta[26] + 1e-3)
+    assert kappa.shape[0] + 1 == rho2.shape[0] and l_curve_curvature(rho2, eta2)[26] == -math.inf
+    # the value does not depend on how far the arms reach
+    far = l_curve_curvature(np.r_[300.0, rho[1:]], np.r_[eta[:-1], 300.0])
+    assert np.allclose(far[2:-3], kappa[2:-3])

@@ -52,7 +52,8 @@ def test_bad_input_is_an_error_without_output(tmp_path, capsys):
         (["--experts", *es, str(tmp_path / "gone.safetensors"), "--method", "average"], "gone.safetensors"),
         (["--experts", *es, "--method", "nope"], "invalid choice"),
         (["--experts", "--method", "swudi"], "expected at least one argument"),
-        (["--experts", *es, "--method", "swudi", "--rank", "3"], "unrecognized arguments"),
+        (["--experts", *es, "--method", "swudi_a", "--rank-r", "3"], "unrecognized arguments"),  # no abbreviations
+        (["--experts", *es, "--method", "swudi", "--rank", "3"], "--rank is not a parameter of method 'swudi'"),
     ]
     for args, message in cases:
         rc = main(["merge", *common, *args])

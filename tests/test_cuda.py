@@ -27,6 +27,20 @@ def test_every_method_gives_the_cpu_result_on_cuda(method):
     assert str(gpu.report.meta["device"]).startswith("cuda")
 
 
+@pytest.mark.parametrize("method, params", [
+    ("swudi", {"alignment_rho": 0.5, "filter_gamma": 0.98, "tikhonov_alpha": 1e-3, "consensus_power": 1.0,
+               "consensus_floor": 0.2, "output_exp_time": 5.0}),
+    ("swudi_a", {"rank_rule": "wudi_risk", "filter_type": "wiener", "rank_scale": 0.8}),
+    ("swudi_a", {"rank_rule": "gavish_donoho_authors", "filter_type": "exponential", "t": 300.0}),
+])
+def test_the_authors_knobs_give_the_cpu_result_on_cuda(method, params):
+    base, experts = make_checkpoints(n_experts=4, seed=3)
+    cpu = merge(base, experts, method, device="cpu", dtype=torch.float64, progress=False, **params)
+    gpu = merge(base, experts, method, device="cuda", dtype=torch.float64, progress=False, **params)
+    for k, v in cpu.state_dict.items():
+        torch.testing.assert_close(gpu.state_dict[k], v, rtol=1e-6, atol=1e-8, msg=f"{method} {params}: {k}")
+
+
 def test_streaming_file_merge_on_cuda_matches_cpu(tmp_path):
     base, experts = make_checkpoints(n_experts=3, seed=5)
     save_file(base, str(tmp_path / "base.safetensors"))

@@ -44,7 +44,7 @@ def test_the_pipeline_scores_every_model_and_resumes_from_its_cache(standin, tmp
         assert all(0.0 <= a <= 100.0 for a in row["per_task"].values())
         assert row["avg_acc"] == pytest.approx(sum(row["per_task"].values()) / len(TASKS))
     assert table["experts"]["norm_acc"] == pytest.approx(100.0)
-    assert table["swudi"]["params"] == {"t": 1300.0, "kappa": None, "ratio": 0.65, "k": None, "init": "sum", "scale": 1.0}
+    assert {k: table["swudi"]["params"][k] for k in ("t", "ratio", "kappa")} == {"t": 1300.0, "ratio": 0.65, "kappa": None}
     assert table["swudi"]["seconds"] > 0
     assert "published" not in table["swudi"]  # a stand-in is never compared with the paper
     saved = json.loads((tmp_path / "results.json").read_text())

@@ -12,7 +12,7 @@ from swudi_lab.spectral import eigh, interference_operator, sum_init
 from swudi_lab.spectral.iterative import gradient_descent
 from swudi_lab.spectral.rank_rules import choose_rank
 
-FAST = {"wudi": {"steps": 8}, "filtered": {"filter": "tikhonov", "alpha": 1e-2}}
+FAST = {"wudi": {"steps": 8}, "optmerge": {"steps": 8}, "filtered": {"filter": "tikhonov", "alpha": 1e-2}}
 
 
 def run(name, taus, **params):
@@ -134,7 +134,7 @@ def test_swudi_a_uses_choose_rank():
     taus = task_stack(n=4, d_out=24, d_in=16)
     C, D = interference_operator(taus)
     lam, V = eigh(C)
-    K = choose_rank(lam, "participation_sqrt", rhs_energy=(D @ V).pow(2).sum(0), aspect=16 / 96)
+    K = choose_rank(lam, "participation_sqrt", rhs_energy=(D @ V).pow(2).sum(0), n_rows=96, d_out=24)
     out, info = run("swudi_a", taus)
     assert info["k"] == K and info["filter"] == f"top_k(k={K})"
     _, capped = run("swudi_a", taus, rank_rule="cumvar_0.99", max_rank_ratio=0.25)

@@ -10,25 +10,30 @@ PAPER_DEFAULTS = {
     "ties": {"density": 0.2, "scale": 0.3},
     "wudi": {"lr": 1e-5, "steps": 300, "eps": 1e-8, "init": "sum", "scale": 1.0, "reference": False},
     "iwudi": {"t": 300.0, "kappa": None},
-    "swudi": {"t": 1300.0, "ratio": 0.65, "k": None},
-    "swudi_a": {"rank_rule": "participation_sqrt"},
+    "swudi": {"t": 1300.0, "ratio": 0.65, "k": None, "filter_type": "exponential", "alignment_rho": 0.0,
+              "alignment_ref": None, "filter_gamma": 1.0, "tikhonov_alpha": 0.0, "consensus_power": 0.0,
+              "consensus_floor": 0.0, "output_exp_time": None, "init": "sum"},
+    "swudi_a": {"rank_rule": "participation_sqrt", "min_rank": 1, "max_rank_ratio": 1.0, "rank_scale": 1.0,
+                "filter_type": "none", "t": 1e6, "wiener_power": 2.0, "wiener_scale": 1.0,
+                "wiener_noise": "tail_mean"},
+    "optmerge": {"lr": 1e-5, "steps": 300, "rank": None},
 }
 
 
 def test_all_methods_registered_with_paper_defaults():
     assert set(METHODS) == {"average", "task_arithmetic", "ties", "wudi", "closed_form", "iwudi", "filtered",
-                            "swudi", "swudi_a"}
+                            "swudi", "swudi_a", "optmerge"}
     for name, expected in PAPER_DEFAULTS.items():
         got = resolve_params(name)
         assert {k: got[k] for k in expected} == expected, name
     spectral = {m for m in METHODS if METHODS[m].spectral}
-    assert spectral == {"wudi", "closed_form", "iwudi", "filtered", "swudi", "swudi_a"}
+    assert spectral == {"wudi", "closed_form", "iwudi", "filtered", "swudi", "swudi_a", "optmerge"}
     for m in spectral:
-        assert {"init", "scale"} <= set(METHODS[m].defaults)
+        assert {"init", "scale"} - ({"init"} if m == "optmerge" else set()) <= set(METHODS[m].defaults)
 
 
 def test_unknown_and_invalid_parameters():
-    with pytest.raises(ValueError, match=r"accepted: \['t', 'kappa', 'ratio', 'k', 'init', 'scale'\]"):
+    with pytest.raises(ValueError, match=r"accepted: \['t', 'kappa', 'ratio', 'k', 'filter_type', 'alignment_rho'"):
         resolve_params("swudi", {"alpha": 1})
     with pytest.raises(ValueError, match="unknown method 'nope'"):
         get_method("nope")

@@ -11,7 +11,7 @@ import pytest
 
 import swudi_lab  # import order: before timm
 from swudi_lab.spectral import exponential, filtered_solve, landweber, tikhonov
-from swudi_lab.spectral.rank_rules import choose_rank
+from swudi_lab.spectral.rank_rules import RANK_RULES, choose_rank
 from swudi_lab.viz import (
     Explorer,
     cutoff_filter,
@@ -254,8 +254,15 @@ def test_filters_explorer_all_modes():
     K = choose_rank(LAM, "participation_sqrt")
     assert exp.figure.data[1].name == f"top_k(k={K})"
     assert sorted(s.x0 for s in exp.figure.layout.shapes) == sorted([8, K])
-    assert "wudi_risk" not in exp.controls["rule"].options  # needs rhs_energy
-    assert "wudi_risk" in filters_explorer(LAM, rhs_energy=LAM, mode="widgets").controls["rule"].options
+    assert "wudi_risk_scalefree" not in exp.controls["rule"].options  # needs rhs_energy
+    assert "gavish_donoho_authors" not in exp.controls["rule"].options  # needs d_out
+    with_rhs = filters_explorer(LAM, rhs_energy=LAM, mode="widgets").controls["rule"].options
+    assert "wudi_risk_scalefree" in with_rhs and "wudi_risk" not in with_rhs  # the authors' also needs start_energy
+    full = filters_explorer(LAM, rhs_energy=LAM, start_energy=LAM, n_rows=32, d_out=4, mode="widgets")
+    assert set(RANK_RULES) <= set(full.controls["rule"].options)
+    full.controls["rule"].value = "wudi_risk"
+    K = choose_rank(LAM, "wudi_risk", rhs_energy=LAM, start_energy=LAM)
+    assert full.figure.data[1].name == f"top_k(k={K})"
 
     static = filters_explorer(LAM, kappa=3.0, rule="stable_rank", mode="static")
     assert static.data[1].name == f"top_k(k={choose_rank(LAM, 'stable_rank')})"

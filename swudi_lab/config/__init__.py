@@ -6,6 +6,6 @@ Pure data and the environment, at the bottom of the import layers: every other p
 """
 
 from . import paths
-from .presets import PAPER, PRESETS, ZOO_MATCHED, Preset, get_preset, register_preset
+from .presets import PAPER, PRESETS, SWUDI_PLUS, ZOO_MATCHED, Preset, get_preset, register_preset
 
-__all__ = ["Preset", "PRESETS", "PAPER", "ZOO_MATCHED", "get_preset", "register_preset", "paths"]
+__all__ = ["Preset", "PRESETS", "PAPER", "SWUDI_PLUS", "ZOO_MATCHED", "get_preset", "register_preset", "paths"]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
 
-__all__ = ["Preset", "PRESETS", "register_preset", "get_preset", "PAPER", "ZOO_MATCHED"]
+__all__ = ["Preset", "PRESETS", "register_preset", "get_preset", "PAPER", "SWUDI_PLUS", "ZOO_MATCHED"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,13 @@ PAPER = register_preset(Preset(
         "swudi_a": {"rank_rule": "participation_sqrt"},
     },
     d_in=768, n_experts=8, source=_AUTHORS + "; task arithmetic and TIES as in FusionBench",
+))
+
+SWUDI_PLUS = register_preset(Preset(
+    "swudi-plus",
+    "SWUDI+ (CLIP ViT-B/32): SWUDI with the per-layer time alignment (rho 0.5) and gamma 0.98",
+    {"swudi": {"t": 1300.0, "ratio": 0.65, "alignment_rho": 0.5, "filter_gamma": 0.98}},
+    d_in=768, n_experts=8, source=_AUTHORS,
 ))
 
 register_preset(Preset("clip-vit-b16", "CLIP ViT-B/16, eight tasks", {"swudi": {"t": 1800.0, "ratio": 0.65}},

@@ -282,7 +282,18 @@ def _merge_one(plan: _Plan, key: str, method: Method, params: dict, device, dtyp
     return out, row
 
 
+def _with_prepass(plan: _Plan, method: Method, params: dict, device, dtype) -> dict:
+    """``params`` plus what the method's pre-pass (``Method.prepass``) returns after seeing every merged
+    2-D layer's task vectors, read lazily (a pre-pass that needs nothing reads nothing)."""
+    if method.prepass is None:
+        return params
+    keys = [k for k in plan.keys if k in plan.merged and len(plan.base.shape(k)) == 2]
+    with _no_tf32(), torch.no_grad():
+        return {**params, **method.prepass(params, ((k, plan.task_vectors(k, device, dtype)[1]) for k in keys))}
+
+
 def _stream(plan: _Plan, method: Method, params: dict, device, dtype, progress: bool) -> Iterator[tuple[str, torch.Tensor, dict]]:
+    params = _with_prepass(plan, method, params, device, dtype)
     with _no_tf32(), torch.no_grad():
         for key in tqdm(plan.keys, desc=f"merge ({method.name})", disable=not progress, unit="tensor"):
             out, row = _merge_one(plan, key, method, params, device, dtype)

@@ -152,7 +152,13 @@ class DictCheckpoint(Checkpoint):
 
 
 class SafetensorsCheckpoint(Checkpoint):
-    """A ``.safetensors`` file read one tensor at a time (memory-mapped, no pickle)."""
+    """A ``.safetensors`` file read one tensor at a time (no pickle).
+
+    The header is parsed (and validated by ``safetensors.safe_open``) once; each :meth:`get` then
+    reads that tensor's bytes with a plain positioned read. A memory-mapped read would leave every
+    page it touched in the process's resident set: merging nine 334 MB ViT-B/32 files that way showed
+    3.5 GB peak RSS, the sum of the files, instead of about one layer's stack.
+    """
 
     def __init__(self, path: str | os.PathLike):
         from safetensors import safe_open
@@ -173,6 +179,11 @@ class SafetensorsCheckpoint(Checkpoint):
             raise ValueError(f"cannot read safetensors file {self.label}: {e}") from None
         except Exception as e:  # SafetensorError is not a subclass of the above in every version
             raise ValueError(f"cannot read safetensors file {self.label}: {e}") from None
+        with open(self.path, "rb") as fh:  # safe_open validated it: 8-byte length, JSON header, data
+            n = struct.unpack("<Q", fh.read(8))[0]
+            header = json.loads(fh.read(n))
+        self._offsets = {k: (8 + n + v["data_offsets"][0], v["data_offsets"][1] - v["data_offsets"][0])
+                         for k, v in header.items() if k != "__metadata__"}
 
     def keys(self) -> list[str]:
         return self._keys
@@ -184,10 +195,16 @@ class SafetensorsCheckpoint(Checkpoint):
         return self._meta[key][1]
 
     def get(self, key: str) -> torch.Tensor:
-        try:
-            return self._f.get_tensor(key)
-        except Exception as e:
-            raise ValueError(f"cannot read tensor {key!r} from {self.label}: {e}") from None
+        shape, dtype = self._meta[key]
+        start, size = self._offsets[key]
+        with open(self.path, "rb") as fh:
+            buf = bytearray(os.pread(fh.fileno(), size, start))
+        if len(buf) != size:
+            raise ValueError(f"cannot read tensor {key!r} from {self.label}: the file is truncated "
+                             f"({len(buf)} of {size} bytes)")
+        if size == 0:
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(buf, dtype=dtype).reshape(shape)
 
     def files(self) -> list[Path]:
         return [self.path]

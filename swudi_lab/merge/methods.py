@@ -23,8 +23,14 @@ start ``theta0 = sum_i tau_i`` (``init="sum"``) or 0, and ``delta = scale * thet
 - ``closed_form``: ``theta = D C^+`` (filter f = 1).
 - ``iwudi``:       exponential filter ``f = 1 - exp(-lambda t)``, t = 300 (gradient flow).
 - ``filtered``:    any filter of :mod:`swudi_lab.spectral.filters` with its parameters.
-- ``swudi``:       ``f = (1 - exp(-lambda t)) 1[k <= K]``, t = 1300, K = ceil(0.65 d_in).
-- ``swudi_a``:     ``f = 1[k <= K]`` with K from a rank rule per layer (participation_sqrt).
+- ``swudi``:       ``f = (1 - exp(-lambda t)) 1[k <= K]``, t = 1300, K = max(1, floor(0.65 d_in + 0.999)),
+  with the authors' knobs (all neutral at their defaults): ``alignment_rho``, ``filter_gamma``,
+  ``tikhonov_alpha``, ``filter_type``, ``consensus_power`` / ``consensus_floor``, ``output_exp_time``.
+- ``swudi_a``:     ``f = 1[k <= K]`` with K from a rank rule per layer (participation_sqrt), clamped and
+  scaled (``min_rank``, ``max_rank_ratio``, ``rank_scale``); ``filter_type`` exponential or wiener on
+  the kept directions.
+- ``optmerge``:    OptMerge (the authors' WUDI v2 baseline): Adam on
+  ``sum_i ||(theta - target_i) P_i^T||^2 / n_i`` with per-expert low-rank targets and projectors.
 
 Spectral methods share one code path (:func:`spectral_layer`): ``interference_operator``, one
 ``eigh``, a filter, ``spectral_estimate``. The exponential time is not scale-free; ``kappa``
@@ -40,15 +46,20 @@ gradient at the sum init is zero so Adam does not move.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from dataclasses import replace
-from typing import Annotated
+from typing import Annotated, Iterable
 
+import numpy as np
 import torch
 
-from ..registry import Doc, nonnegative, positive, unit_interval
+from ..registry import Doc, at_least_one, nonnegative, positive, unit_interval
 from ..spectral import (
+    EIGEN_FLOOR,
     FILTERS,
+    Filter,
     eigh,
     interference_operator,
     kappa_time,
@@ -59,21 +70,27 @@ from ..spectral import (
     quadratic_loss,
     spectral_estimate,
     swudi,
+    task_norms,
+    tikhonov,
     time_kappa,
     top_k,
+    wiener,
 )
 from ..spectral import exponential as exponential_filter
-from ..spectral.filters import Count, Ratio, Time
+from ..spectral.filters import Count, Ratio, Time, swudi_count
 from ..spectral.iterative import adam_wudi, wudi_reference
 from ..spectral.rank_rules import RANK_RULES, choose_rank
 from .registry import register
 
-__all__ = ["spectral_layer", "proxy_loss", "layer_summary"]
+__all__ = ["spectral_layer", "proxy_loss", "layer_summary", "lam_max", "consensus_factors", "output_exp_filter",
+           "optmerge_problem", "optmerge_loss"]
 
 # ----------------------------------------------------------------------------- shared parameters
 
 Init = Annotated[str, Doc("start theta0: sum of task vectors, or zero", choices=("sum", "zero"))]
 Scale = Annotated[float, Doc("merged = base + scale * theta")]
+SwudiRatio = Annotated[float, Doc("kept share of directions: K = max(1, floor(ratio * d_in + 0.999))",
+                                  check=unit_interval)]
 Kappa = Annotated[float | None, Doc("scale-free time: t = kappa * d_in / N per layer (replaces --t)", check=positive)]
 
 
@@ -117,7 +134,7 @@ def _zero_layer(taus: torch.Tensor) -> tuple[torch.Tensor, dict]:
     return torch.zeros_like(taus[0]), {"n_live": 0, "note": "all task vectors are zero"}
 
 
-def spectral_layer(taus: torch.Tensor, build_filter, *, init: str = "sum", scale: float = 1.0):
+def spectral_layer(taus: torch.Tensor, build_filter, *, init: str = "sum", scale: float = 1.0, post=None):
     """Shared path of the spectral methods: C, D, one ``eigh``, a filter, ``spectral_estimate``.
 
     ``theta_f = theta0 (I - V F V^T) + D V diag(f / lambda) V^T`` (docs/design.md).
@@ -127,6 +144,7 @@ def spectral_layer(taus: torch.Tensor, build_filter, *, init: str = "sum", scale
         build_filter: ``(eig, D, n_live) -> (Filter, extra_info)``, called once per layer.
         init: ``"sum"`` (theta0 = sum_i tau_i) or ``"zero"``.
         scale: ``delta = scale * theta_f``.
+        post: optional ``theta -> theta`` applied after the estimate (SWUDI's ``output_exp_time``).
 
     Returns ``(delta (d_out, d_in), info)`` with the eigenvalue summary, filter label, number of
     kept directions ``k`` (f != 0), proxy loss before (at theta0) and after (at theta_f).
@@ -139,6 +157,8 @@ def spectral_layer(taus: torch.Tensor, build_filter, *, init: str = "sum", scale
     theta0 = taus.sum(0) if init == "sum" else None
     filt, extra = build_filter(eig, D, n_live)
     theta = spectral_estimate(C, D, theta0, filt, eig=eig)
+    if post is not None:
+        theta = post(theta)
     const = loss_constant(taus)
     info = layer_summary(eig.values, n_live)
     info.update(extra)
@@ -318,46 +338,321 @@ def filtered(taus: torch.Tensor, *, name: str = "",
     return spectral_layer(taus, build, init=init, scale=scale)
 
 
+# ----------------------------------------------------------------------------- SWUDI and its knobs
+
+
+def lam_max(taus: torch.Tensor) -> float:
+    """``lambda_max(C)`` of one layer, exactly: the largest eigenvalue (``torch.linalg.eigvalsh``) of
+    the smaller Gram matrix of the stacked normalized task matrix ``T`` (``C = T^T T``; ``T T^T``
+    has the same nonzero spectrum), so it costs ``O(min(d_in, N d_out)^2 max(...))`` without ``D``
+    or eigenvectors. Zero experts are skipped; 0 for an all-zero layer."""
+    n = task_norms(taus)
+    live = n > 0
+    if not bool(live.any()):
+        return 0.0
+    T = (taus[live] / n[live].sqrt().view(-1, 1, 1)).reshape(-1, taus.shape[-1])
+    G = T @ T.T if T.shape[0] < T.shape[1] else T.T @ T
+    return float(torch.linalg.eigvalsh(0.5 * (G + G.T))[-1])
+
+
+def _swudi_prepass(params: dict, layers: Iterable) -> dict:
+    """SWUDI's pre-pass: ``alignment_ref = lam_bar``, the geometric mean of ``lambda_max(C)`` over every
+    merged 2-D layer (``layers`` yields ``(name, taus)``), when ``alignment_rho > 0`` needs it.
+
+    Reads nothing when it is not needed (rho = 0, filter_type none, or alignment_ref given)."""
+    if params.get("filter_type") != "exponential" or not params.get("alignment_rho") \
+            or params.get("alignment_ref") is not None:
+        return {}
+    logs = [math.log(max(v, EIGEN_FLOOR)) for v in (lam_max(taus) for _, taus in layers) if v > 0]
+    return {"alignment_ref": math.exp(sum(logs) / len(logs))} if logs else {}
+
+
+def _powered_exponential(t: float, gamma: float) -> Filter:
+    """``clamp(1 - exp(-lambda t), 0, 1)^gamma``; ``f / lambda`` is 0 on the numerical null space."""
+    return Filter("exponential", {"t": t, "gamma": gamma}, lambda lam: (-torch.expm1(-lam * t)).clamp(0, 1) ** gamma)
+
+
+def consensus_factors(taus: torch.Tensor, V: torch.Tensor, power: float, floor: float) -> torch.Tensor:
+    """SWUDI's consensus factor per eigen-direction q_k (columns of V): ``phi + (1 - phi) c_k^p``.
+
+    ``w_ik = ||tau_i q_k||^2 / n_i``, normalised over the live experts i for each k;
+    ``count_k = 1 / sum_i w_ik^2`` (their effective number along q_k); ``c_k = clamp(count_k / N_live,
+    0, 1)``. A direction no expert touches gets ``c_k = 1``. Returns a (d_in,) tensor.
+    """
+    n = task_norms(taus)
+    live = n > 0
+    t, n = taus[live], n[live]
+    w = (t @ V).pow(2).sum(1) / n.view(-1, 1)  # (N_live, d_in)
+    total = w.sum(0)
+    touched = total > 0
+    w = w / torch.where(touched, total, torch.ones_like(total))
+    count = 1 / torch.where(touched, w.pow(2).sum(0), torch.ones_like(total))
+    c = torch.where(touched, (count / t.shape[0]).clamp(0, 1), torch.ones_like(total))
+    return floor + (1 - floor) * c.pow(power)
+
+
+def _direction_filter(name: str, params: dict, factors: torch.Tensor) -> Filter:
+    """A filter that multiplies eigen-direction k by ``factors[k]`` (in the order of ``eig.values``)."""
+
+    def fn(lam):
+        if lam.shape != factors.shape:
+            raise ValueError(f"filter {name!r} holds {factors.numel()} factors, got {lam.numel()} eigenvalues")
+        return factors.to(lam)
+
+    return Filter(name, params, fn)
+
+
+def output_exp_filter(taus: torch.Tensor, t_out: float):
+    """SWUDI's output-side filter: ``theta -> U diag(1 - exp(-sigma t_E)) U^T theta`` with
+    ``E = sum_i tau_i tau_i^T / n_i = U diag(sigma) U^T`` (d_out x d_out, live experts, sigma clamped at 1e-8)."""
+    n = task_norms(taus)
+    live = n > 0
+    t, n = taus[live], n[live]
+    E = ((t / n.view(-1, 1, 1)) @ t.transpose(1, 2)).sum(0)
+    sigma, U = torch.linalg.eigh(0.5 * (E + E.T))
+    g = -torch.expm1(-sigma.clamp_min(EIGEN_FLOOR) * t_out)
+    return lambda theta: (U * g) @ (U.T @ theta)
+
+
+def _rho_range(v):
+    if not 0 <= v <= 2:
+        raise ValueError(f"must be in [0, 2], got {v!r}")
+
+
+def _closed_unit(v):
+    if not 0 <= v <= 1:
+        raise ValueError(f"must be in [0, 1], got {v!r}")
+
+
 @register(
     "swudi",
-    "SWUDI: exponential filter x top-K, t = 1300, K = ceil(ratio * d_in), ratio = 0.65",
+    "SWUDI: exponential filter x top-K, t = 1300, K = max(1, floor(ratio d_in + 0.999)), ratio = 0.65; "
+    "the authors' knobs are neutral at their defaults",
     spectral=True,
     exclusive=[("t", "kappa"), ("k", "ratio")],
+    prepass=_swudi_prepass,
 )
 def swudi_method(taus: torch.Tensor, *, name: str = "", t: Time = 1300.0, kappa: Kappa = None,
-                 ratio: Ratio = 0.65, k: Count = None, init: Init = "sum", scale: Scale = 1.0):
-    """``f(lambda) = (1 - exp(-lambda t)) 1[lambda among the K largest]``."""
+                 ratio: SwudiRatio = 0.65, k: Count = None,
+                 filter_type: Annotated[str, Doc("exponential (SWUDI) or none: f = 1 on the kept directions, the "
+                                                 "truncated pseudoinverse (t, filter_gamma, tikhonov_alpha, "
+                                                 "alignment_rho ignored)",
+                                                 choices=("exponential", "none"))] = "exponential",
+                 alignment_rho: Annotated[float, Doc("per-layer time t (lam_bar / lam_max)^rho, lam_bar the geometric "
+                                                     "mean of every 2-D layer's lam_max (exponential only)",
+                                                     check=_rho_range)] = 0.0,
+                 alignment_ref: Annotated[float | None, Doc("lam_bar for alignment_rho (default: the merge's pre-pass "
+                                                            "over every 2-D layer computes it)", check=positive)] = None,
+                 filter_gamma: Annotated[float, Doc("exponential factor clamp(1 - exp(-lambda t), 0, 1)^gamma",
+                                                    check=positive)] = 1.0,
+                 tikhonov_alpha: Annotated[float, Doc("extra factor lambda / (lambda + alpha); 0: off",
+                                                      check=nonnegative)] = 0.0,
+                 consensus_power: Annotated[float, Doc("p of the consensus factor phi + (1 - phi) c_k^p, c_k = the "
+                                                       "experts' effective count along q_k over N; 0: off",
+                                                       check=nonnegative)] = 0.0,
+                 consensus_floor: Annotated[float, Doc("phi of the consensus factor, in [0, 1]",
+                                                       check=_closed_unit)] = 0.0,
+                 output_exp_time: Annotated[float | None, Doc("t_E: theta <- U diag(1 - exp(-sigma t_E)) U^T theta "
+                                                              "with E = sum_i tau_i tau_i^T / n_i = U diag(sigma) U^T "
+                                                              "(unset: off)", check=positive)] = None,
+                 init: Init = "sum", scale: Scale = 1.0):
+    """SWUDI with the authors' knobs: the filter is the product of the factors, then ``theta_f``.
+
+    ``f_k = clamp(1 - exp(-lambda_k t_l), 0, 1)^gamma * lambda_k / (lambda_k + alpha) * consensus_k
+    * 1[k <= K]`` with ``K = k`` or ``max(1, floor(d_in ratio + 0.999))`` and the layer's time
+    ``t_l = t (lam_bar / lambda_max)^rho`` (``kappa`` gives ``t = kappa d_in / N_live`` first).
+    ``filter_type="none"``: ``f_k = consensus_k 1[k <= K]`` (t, gamma, alpha, rho ignored). The
+    consensus factor (:func:`consensus_factors`) applies when ``N_live > 1``; ``output_exp_time``
+    then multiplies ``theta`` on the left by ``U diag(1 - exp(-sigma t_E)) U^T`` (:func:`output_exp_filter`,
+    when ``d_out > 1``). At the defaults (rho 0, gamma 1, alpha 0, p 0, no t_E) this is the plain
+    SWUDI filter ``(1 - exp(-lambda t)) 1[k <= K]``, computed the same way.
+
+    ``alignment_rho > 0`` needs ``lam_bar``: :func:`~swudi_lab.merge.merge` and ``merge_files`` run
+    a pre-pass over every merged 2-D layer (``lambda_max`` by :func:`lam_max`) and pass it as
+    ``alignment_ref``; a direct call must give it. With ``gamma != 1``, ``f / lambda`` is 0 at or below
+    the estimator's tolerance ``max(1e-8, d eps lambda_max)`` (the authors divide by ``max(lambda,
+    1e-8)`` there; ``D q_k`` is round-off on those directions either way).
+    """
+    d_out = taus.shape[1]
+    neutral = (filter_type == "exponential" and alignment_rho == 0 and filter_gamma == 1 and tikhonov_alpha == 0
+               and consensus_power == 0 and output_exp_time is None)
 
     def build(eig, D, n_live):
-        tt, kk = _time(t, kappa, eig.values.numel(), n_live)
-        return swudi(tt, k=k, ratio=None if k is not None else ratio), {"t": tt, "kappa": kk}
+        d_in = eig.values.numel()
+        if neutral:  # the plain SWUDI filter, exactly as before the knobs existed
+            tt, kk = _time(t, kappa, d_in, n_live)
+            return swudi(tt, k=k, ratio=None if k is not None else ratio), {"t": tt, "kappa": kk}
+        K = k if k is not None else swudi_count(d_in, ratio)
+        factors, extra = [], {"filter_type": filter_type}
+        if filter_type == "exponential":
+            tt, _ = _time(t, kappa, d_in, n_live)
+            if alignment_rho > 0:
+                if alignment_ref is None:
+                    raise ValueError("alignment_rho > 0 needs alignment_ref (lam_bar, the geometric mean of every "
+                                     "2-D layer's lambda_max): merge() and merge_files() compute it in a pre-pass; "
+                                     "a per-layer call must pass it")
+                top = max(float(eig.values[0]), EIGEN_FLOOR)
+                tt = tt * (alignment_ref / top) ** alignment_rho
+                extra.update(lam_max=top, alignment_ref=alignment_ref)
+            factors.append(exponential_filter(tt) if filter_gamma == 1 else _powered_exponential(tt, filter_gamma))
+            if tikhonov_alpha > 0:
+                factors.append(tikhonov(tikhonov_alpha))
+            extra.update(t=tt, kappa=time_kappa(tt, d_in, n_live))
+        if consensus_power > 0 and n_live > 1:
+            c = consensus_factors(taus, eig.vectors, consensus_power, consensus_floor)
+            factors.append(_direction_filter("consensus", {"p": consensus_power, "phi": consensus_floor}, c))
+            extra["consensus_min"] = float(c.min())
+        factors.append(top_k(k=K))
+        return functools.reduce(operator.mul, factors), extra
 
-    return spectral_layer(taus, build, init=init, scale=scale)
+    post = output_exp_filter(taus, output_exp_time) if output_exp_time is not None and d_out > 1 else None
+    return spectral_layer(taus, build, init=init, scale=scale, post=post)
+
+
+# ----------------------------------------------------------------------------- SWUDI-A
+
+
+def _wiener_noise(lam: torch.Tensor, K: int, how: str) -> float:
+    """``nu^2`` of SWUDI-A's Wiener filter from the discarded eigenvalues ``lam[K:]`` (descending,
+    clamped at 1e-8): their mean (``tail_mean``), the largest (``tail_first``) or their median
+    (``tail_median``); the global median when nothing is discarded. Floored at 1e-8. Medians are the
+    usual ones (the mean of the two middle values)."""
+    lam = lam.detach().double().clamp_min(EIGEN_FLOOR).cpu().numpy()
+    tail = lam[K:]
+    if tail.size == 0:
+        nu2 = np.median(lam)
+    elif how == "tail_mean":
+        nu2 = tail.mean()
+    elif how == "tail_first":
+        nu2 = tail[0]
+    else:
+        nu2 = np.median(tail)
+    return max(float(nu2), EIGEN_FLOOR)
 
 
 @register(
     "swudi_a",
-    "SWUDI-A: top-K with K from a rank rule per layer (default participation_sqrt), f = 1 on kept directions",
+    "SWUDI-A: top-K with K from a rank rule per layer (default participation_sqrt), f = 1 on kept directions "
+    "(or filter_type exponential / wiener)",
     spectral=True,
 )
 def swudi_a(taus: torch.Tensor, *, name: str = "",
-            rank_rule: Annotated[str, Doc("rank rule (swudi_lab.spectral.RANK_RULES, or cumvar_<frac>)",
+            rank_rule: Annotated[str, Doc("rank rule (swudi_lab.spectral.RANK_RULES, or cumvar_<frac>, loss_elbow_<frac>, "
+                                          "loss_residual_<frac>, wudi_risk_<rho>)",
                                           check=_known_rank_rule)] = "participation_sqrt",
             min_rank: Annotated[int, Doc("lower clamp on K", check=positive)] = 1,
-            max_rank_ratio: Annotated[float, Doc("upper clamp K <= ceil(max_rank_ratio * d_in)",
+            max_rank_ratio: Annotated[float, Doc("upper clamp K <= max(min_rank, round(max_rank_ratio * d_in))",
                                                  check=unit_interval)] = 1.0,
+            rank_scale: Annotated[float, Doc("then K <- clamp(round(K * rank_scale), min_rank, d_in)",
+                                             check=positive)] = 1.0,
+            filter_type: Annotated[str, Doc("filter on the kept directions: none (f = 1), exponential "
+                                            "(1 - exp(-lambda t)) or wiener (lambda^p / (lambda^p + s nu^2))",
+                                            choices=("none", "exponential", "wiener"))] = "none",
+            t: Annotated[float, Doc("exponential time t (filter_type exponential)", check=nonnegative)] = 1e6,
+            wiener_power: Annotated[float, Doc("Wiener exponent p", check=positive)] = 2.0,
+            wiener_scale: Annotated[float, Doc("Wiener noise scale s: f = lambda^p / (lambda^p + s nu^2)",
+                                               check=positive)] = 1.0,
+            wiener_noise: Annotated[str, Doc("Wiener nu^2 from the discarded eigenvalues: their mean, the largest, "
+                                             "or their median (the global median when none is discarded)",
+                                             choices=("tail_mean", "tail_first", "tail_median"))] = "tail_mean",
             init: Init = "sum", scale: Scale = 1.0):
-    """``f = 1[k <= K]``, ``K = choose_rank(lambda, rank_rule, rhs_energy = ||D q_k||^2, aspect = beta)``.
+    """``f = g(lambda) 1[k <= K]``, ``K = choose_rank(lambda, rank_rule, ...)`` with the layer's context.
 
-    ``beta = min(d_in, N_live d_out) / max(d_in, N_live d_out)``, the aspect ratio of the stacked task matrix.
+    The rule sees ``rhs_energy = ||D q_k||^2``, ``start_energy = ||theta0 q_k||^2`` (computed only for
+    the rules that need it), ``n_rows = N_live d_out`` (the stacked task matrix's rows) and
+    ``d_out``. K is clamped to ``[min_rank, max(min_rank, round(max_rank_ratio d_in))]``, then
+    ``K <- clamp(round(K rank_scale), min_rank, d_in)``. On the kept directions ``g = 1``
+    (``filter_type="none"``, the default), ``g = 1 - exp(-lambda t)`` (``exponential``; t 1e6) or
+    ``g = lambda^p / (lambda^p + s nu^2)`` (``wiener``; p 2, s 1, ``nu^2`` from the discarded
+    eigenvalues per ``wiener_noise``, floored at 1e-8 before scaling); discarded directions get 0.
     """
     d_out, d_in = taus.shape[1:]
+    needs = getattr(RANK_RULES.lookup(rank_rule), "needs", ())
 
     def build(eig, D, n_live):
         rhs = (D @ eig.vectors).pow(2).sum(0)
-        rows = n_live * d_out
-        K = choose_rank(eig.values, rank_rule, rhs_energy=rhs, aspect=min(d_in, rows) / max(d_in, rows),
-                        min_rank=min_rank, max_rank_ratio=max_rank_ratio)
-        return top_k(k=K), {"rank_rule": rank_rule}
+        start = None
+        if "start_energy" in needs:
+            start = ((taus.sum(0) @ eig.vectors).pow(2).sum(0) if init == "sum" else torch.zeros_like(eig.values))
+        K = choose_rank(eig.values, rank_rule, rhs_energy=rhs, start_energy=start, n_rows=n_live * d_out,
+                        d_out=d_out, min_rank=min_rank, max_rank_ratio=max_rank_ratio, rank_scale=rank_scale)
+        extra = {"rank_rule": rank_rule}
+        if filter_type == "none":
+            return top_k(k=K), extra
+        extra["filter_type"] = filter_type
+        if filter_type == "exponential":
+            return swudi(t, k=K), extra
+        nu2 = _wiener_noise(eig.values, K, wiener_noise)
+        extra["nu2"] = nu2
+        return wiener(wiener_power, wiener_scale * nu2) * top_k(k=K), extra
 
     return spectral_layer(taus, build, init=init, scale=scale)
+
+
+# ----------------------------------------------------------------------------- OptMerge
+
+
+def optmerge_problem(taus: torch.Tensor, rank: int | None = None):
+    """OptMerge's per-expert targets and projectors for one layer (live experts only).
+
+    ``K = rank`` or ``max(1, min(d_out, d_in) // N_live)``; ``target_i = SVD_K(tau_i - mean_j tau_j)
+    + mean_j tau_j`` (top-K SVD); ``P_i = diag(s_K) V_K^T`` (K, d_in), the top-K singular values
+    times the right singular vectors of ``tau_i``. Returns ``(targets (N, d_out, d_in),
+    projectors (N, K, d_in), norms n_i (N,), K)``.
+    """
+    n = task_norms(taus)
+    live = n > 0
+    t, n = taus[live], n[live]
+    N, d_out, d_in = t.shape
+    K = min(rank if rank is not None else max(1, min(d_out, d_in) // N), min(d_out, d_in))
+    mean = t.mean(0)
+    U, S, Vh = torch.linalg.svd(t - mean, full_matrices=False)
+    targets = (U[..., :K] * S[:, None, :K]) @ Vh[:, :K, :] + mean
+    _, S, Vh = torch.linalg.svd(t, full_matrices=False)
+    projectors = S[:, :K, None] * Vh[:, :K, :]
+    return targets, projectors, n, K
+
+
+def optmerge_loss(theta: torch.Tensor, targets: torch.Tensor, projectors: torch.Tensor,
+                  norms: torch.Tensor) -> torch.Tensor:
+    """OptMerge's loss ``sum_i ||(theta - target_i) P_i^T||_F^2 / n_i`` (differentiable)."""
+    residual = (theta - targets) @ projectors.transpose(1, 2)
+    return (residual.pow(2).sum(dim=(1, 2)) / norms).sum()
+
+
+@register(
+    "optmerge",
+    "OptMerge (the authors' WUDI v2 baseline): Adam on sum_i ||(theta - target_i) P_i^T||^2 / n_i, per-expert "
+    "rank-K targets and projectors, lr 1e-5, 300 steps, from the sum init",
+    spectral=True,
+)
+def optmerge(taus: torch.Tensor, *, name: str = "",
+             lr: Annotated[float, Doc("Adam learning rate", check=positive)] = 1e-5,
+             steps: Annotated[int, Doc("Adam steps", check=nonnegative)] = 300,
+             rank: Annotated[int | None, Doc("per-expert rank K (default max(1, min(d_out, d_in) // N))",
+                                             check=at_least_one)] = None,
+             scale: Scale = 1.0):
+    """OptMerge on one layer (:func:`optmerge_problem`, :func:`optmerge_loss`), Adam (betas 0.9,
+    0.999, eps 1e-8) from ``theta0 = sum_i tau_i``.
+
+    The loss is quadratic: its gradient is ``2 (theta C' - D')`` with ``C' = sum_i P_i^T P_i / n_i`` and
+    ``D' = sum_i target_i P_i^T P_i / n_i``, so Adam runs on that exact gradient
+    (:func:`~swudi_lab.spectral.iterative.adam_wudi`), the iterates of autograd on the explicit loss.
+    With one expert the target is the expert and the start is its minimizer: it returns the expert.
+    """
+    if live_count(taus) == 0:
+        return _zero_layer(taus)
+    targets, P, n, K = optmerge_problem(taus, rank)
+    C, D = targets.new_zeros(P.shape[2], P.shape[2]), torch.zeros_like(targets[0])
+    for target, p, n_i in zip(targets, P, n):  # one expert at a time: no (N, d_in, d_in) stack
+        G = p.T @ p / n_i  # P_i^T P_i / n_i
+        G = 0.5 * (G + G.T)
+        C += G
+        D += target @ G
+    theta0 = taus.sum(0)
+    with torch.enable_grad():  # the engine runs under no_grad
+        theta = adam_wudi(C, D, theta0, lr=lr, steps=steps).final
+    info = {"n_live": int(n.numel()), "rank": K, "lr": lr, "steps": steps,
+            "loss_before": float(optmerge_loss(theta0, targets, P, n)),
+            "loss_after": float(optmerge_loss(theta, targets, P, n))}
+    return scale * theta, info

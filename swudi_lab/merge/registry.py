@@ -17,7 +17,7 @@ Routing of a checkpoint's tensors (the engine, :mod:`swudi_lab.merge.engine`):
 - **baselines** (``spectral=False``: ``average``, ``task_arithmetic``, ``ties``) apply their own
   rule to every floating tensor, as those methods are defined;
 - **the WUDI family** (``spectral=True``: ``wudi``, ``closed_form``, ``iwudi``, ``filtered``,
-  ``swudi``, ``swudi_a``) apply their solver to 2-D weight matrices and the mean of task vectors
+  ``swudi``, ``swudi_a``, ``optmerge``) apply their solver to 2-D weight matrices and the mean of task vectors
   to every other floating tensor (biases, norms, patch embeddings, positional embeddings, tokens);
 - non-floating buffers come from the base; classification heads are kept per task, not merged.
 
@@ -49,7 +49,11 @@ class Method:
     ``declared`` are the parameters of ``fn``'s signature; ``extra_params`` (if any) returns more,
     read at call time (``filtered`` takes every registered filter's). ``exclusive`` lists groups
     of parameters of which at most one may be given; ``check`` (if any) validates the resolved
-    parameters as a whole and raises ``ValueError``.
+    parameters as a whole and raises ``ValueError``. ``prepass`` (if any) is
+    ``prepass(params, layers) -> dict``: before the stream, the engine hands it the resolved parameters and
+    a lazy iterable of ``(name, taus)`` over every merged 2-D layer; what it returns is added to the
+    parameters of every call (SWUDI's ``alignment_rho`` needs every layer's ``lambda_max`` first). It
+    should read the layers only when its parameters need them.
     """
 
     name: str
@@ -60,6 +64,7 @@ class Method:
     exclusive: tuple[tuple[str, ...], ...] = ()
     check: Callable[[dict], None] | None = field(default=None, compare=False, repr=False)
     extra_params: Callable[[], Sequence[Param]] | None = field(default=None, compare=False, repr=False)
+    prepass: Callable[[dict, Any], dict] | None = field(default=None, compare=False, repr=False)
 
     @property
     def params(self) -> tuple[Param, ...]:
@@ -85,7 +90,8 @@ METHODS: dict[str, Method] = {}
 
 
 def register(name: str, doc: str, *, spectral: bool, exclusive: Sequence[Sequence[str]] = (),
-             check: Callable[[dict], None] | None = None, extra_params: Callable[[], Sequence[Param]] | None = None):
+             check: Callable[[dict], None] | None = None, extra_params: Callable[[], Sequence[Param]] | None = None,
+             prepass: Callable[[dict, Any], dict] | None = None):
     """Decorator adding a per-layer rule to :data:`METHODS` under ``name``; parameters from its signature."""
 
     def deco(fn: Callable) -> Callable:
@@ -104,7 +110,7 @@ def register(name: str, doc: str, *, spectral: bool, exclusive: Sequence[Sequenc
             for p in other.params:
                 if p.name in names and params[names.index(p.name)].type is not p.type:
                     raise ValueError(f"parameter {p.name!r} has type {p.type.__name__} in {other.name!r}")
-        METHODS[name] = Method(name, doc, fn, params, spectral, groups, check, extra_params)
+        METHODS[name] = Method(name, doc, fn, params, spectral, groups, check, extra_params, prepass)
         return fn
 
     return deco

@@ -33,5 +33,5 @@ from .iterative import (
     gradient_flow,
     wudi_reference,
 )
-from .rank_rules import RANK_RULES, choose_rank, cumvar, rank_rule
+from .rank_rules import RANK_RULES, choose_rank, cumvar, rank_context, rank_rule
 from .choice import CHOICE_RULES, Choice, ChoiceRule, ParameterCurves, rules_for, choose, discrepancy, gcv, l_curve, oracle, parameter_curves

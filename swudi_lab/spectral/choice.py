@@ -23,9 +23,13 @@ order): every rule sorts it by ``dof``, **most regularized first**, and returns 
 that order (``result.params`` is the sorted grid).
 
 - :func:`l_curve`: corner of ``(log ||A x_p - b||, log ||x_p||)``, the point of maximum
-  curvature. Curvature is the Menger curvature (circle through three points) with neighbours
-  taken at a minimum distance along the curve, which is robust for discrete families (TSVD,
-  Landweber) whose points cluster, and matches the continuous curvature on fine grids.
+  curvature. Candidates are the vertices of the curve's lower convex hull (the L bulges towards
+  small residual and small norm, so its corner is a hull vertex); the curvature at a vertex is the
+  Menger curvature (circle through three points) with its hull neighbours. The neighbours are
+  local, at a distance that does not depend on the grid's extent: on a fine grid of a smooth
+  family (Tikhonov, exponential) they are the adjacent grid points and the corner lands within one
+  grid step of the maximum of the continuous curvature; for discrete families (TSVD, Landweber)
+  the hull drops the jagged, non-convex clusters of points that would fake a sharp corner.
 - :func:`gcv`: ``G(p) = ||A x_p - b||^2 / (m - dof(p))^2``, minimized.
 - :func:`discrepancy`: the most regularized ``p`` with ``||A x_p - b|| <= tau * noise_norm``.
 - :func:`oracle`: ``argmin ||x_p - x_true||`` (needs the truth: the best any rule could do).
@@ -46,7 +50,7 @@ from ..registry import Registry
 from .estimator import EIGEN_FLOOR, SVD, _tensor, filtered_solve, svd
 from .filters import Filter
 
-__all__ = ["Choice", "ChoiceRule", "CHOICE_RULES", "rules_for", "ParameterCurves", "parameter_curves", "l_curve", "gcv", "discrepancy", "oracle", "choose"]
+__all__ = ["Choice", "ChoiceRule", "CHOICE_RULES", "rules_for", "ParameterCurves", "parameter_curves", "l_curve", "l_curve_curvature", "gcv", "discrepancy", "oracle", "choose"]
 
 
 @dataclass(frozen=True)
@@ -154,7 +158,10 @@ def _result(method: str, curves: ParameterCurves, index: int, criterion) -> Choi
 
 
 def _menger_curvature(rho: np.ndarray, eta: np.ndarray, min_step: float) -> np.ndarray:
-    """Signed curvature of the polyline (rho, eta) at each point, neighbours >= min_step away."""
+    """Signed curvature of the polyline (rho, eta) at each point, neighbours >= min_step away.
+
+    ``min_step`` is an absolute distance in the plane of (rho, eta) (decades on the L-curve).
+    """
     P = np.stack([rho, eta], axis=1)
     n = P.shape[0]
     kappa = np.full(n, -np.inf)
@@ -175,16 +182,53 @@ def _menger_curvature(rho: np.ndarray, eta: np.ndarray, min_step: float) -> np.n
     return kappa
 
 
+def _lower_hull(rho: np.ndarray, eta: np.ndarray) -> list[int]:
+    """Indices of the lower convex hull of the points (rho, eta), by decreasing rho.
+
+    Andrew's monotone chain on the points sorted by (rho, eta); collinear and repeated points are
+    dropped. Walked by decreasing rho it runs from the bottom-right arm of the L (most
+    regularized) to its top-left arm, like the curve itself.
+    """
+    hull: list[int] = []
+    for i in sorted(range(len(rho)), key=lambda i: (rho[i], eta[i])):
+        while len(hull) >= 2:
+            o, a = hull[-2], hull[-1]
+            cross = (rho[a] - rho[o]) * (eta[i] - eta[o]) - (eta[a] - eta[o]) * (rho[i] - rho[o])
+            if cross > 0:
+                break
+            hull.pop()
+        hull.append(i)
+    return hull[::-1]
+
+
+def l_curve_curvature(rho, eta, min_step: float = 0.0) -> np.ndarray:
+    """Curvature of the L-curve ``(rho, eta)`` (log10 norms, most regularized first) at each point.
+
+    Finite on the interior vertices of the lower convex hull: the Menger curvature of the hull
+    polyline there, with hull neighbours at least ``min_step`` away (an absolute distance in
+    decades; 0: the adjacent hull vertices). ``-inf`` elsewhere: points off the hull (never a
+    corner of the L) and the curve's two ends.
+    """
+    rho, eta = np.asarray(rho, dtype=float), np.asarray(eta, dtype=float)
+    hull = _lower_hull(rho, eta)
+    kappa = np.full(rho.shape[0], -np.inf)
+    if len(hull) >= 3:
+        on_hull = _menger_curvature(rho[hull], eta[hull], min_step)
+        kappa[hull] = on_hull
+    kappa[[0, -1]] = -np.inf  # endpoints are never chosen
+    return kappa
+
+
 def _l_curve(curves: ParameterCurves, min_step: float) -> Choice:
     if len(curves.params) < 3:
         raise ValueError(f"params needs at least 3 values for an L-curve corner, got {len(curves.params)}")
-    if not (isinstance(min_step, (int, float)) and 0 <= min_step < 1):
-        raise ValueError(f"min_step must be in [0, 1), got {min_step!r}")
+    if isinstance(min_step, bool) or not (isinstance(min_step, (int, float)) and math.isfinite(min_step)
+                                          and min_step >= 0):
+        raise ValueError(f"min_step must be a finite distance >= 0 (decades), got {min_step!r}")
     tiny = torch.finfo(curves.residual_norms.dtype).tiny
     rho = curves.residual_norms.clamp_min(tiny).log10().cpu().double().numpy()
     eta = curves.solution_norms.clamp_min(tiny).log10().cpu().double().numpy()
-    extent = float(np.hypot(np.ptp(rho), np.ptp(eta)))
-    kappa = _menger_curvature(rho, eta, min_step * extent)
+    kappa = l_curve_curvature(rho, eta, float(min_step))
     index = int(np.argmax(kappa)) if np.isfinite(kappa).any() else len(curves.params) // 2
     return _result("l_curve", curves, index, torch.from_numpy(kappa))
 
@@ -234,18 +278,26 @@ def _oracle(curves: ParameterCurves, x_true) -> Choice:
     return _result("oracle", curves, int(torch.argmin(err)), err)
 
 
-def l_curve(A, b, family, params, *, decomposition: SVD | None = None, min_step: float = 0.02) -> Choice:
-    """L-curve corner: maximum curvature of ``(log ||A x_p - b||, log ||x_p||)``.
+def l_curve(A, b, family, params, *, decomposition: SVD | None = None, min_step: float = 0.0) -> Choice:
+    """L-curve corner: maximum curvature of ``(log10 ||A x_p - b||, log10 ||x_p||)``.
 
     Args:
         A (m, n), b (m,), family (param -> Filter), params (grid, any order, >= 3 values).
-        min_step: neighbours for the curvature are at least this far apart on the log10-log10
-            curve, as a fraction of its diagonal extent (suppresses clustered points).
+        min_step: smallest distance (in decades on the log10-log10 plane) between a candidate
+            and the neighbours its curvature is measured with; 0 (default): the adjacent
+            vertices of the lower convex hull. An absolute distance, so the corner does not move
+            when the grid is extended.
 
-    The curvature at point i is that of the circle through points ``j < i < k`` (Menger):
+    Candidates are the vertices of the lower convex hull of the points (the corner of an L is
+    one; the jagged clusters of discrete families are not). The curvature at a vertex ``i`` is
+    that of the circle through it and its hull neighbours ``j``, ``k`` (Menger):
     ``kappa = 2 cross(P_i - P_j, P_k - P_i) / (|P_i - P_j| |P_k - P_i| |P_k - P_j|)``, sign chosen
-    so the corner of the L is positive. Endpoints are never chosen.
-    Returns a :class:`Choice` with ``criterion`` the curvature (``-inf`` where undefined).
+    so the corner of the L is positive. On a fine grid of a smooth family the neighbours are the
+    adjacent grid points, so the pick is within one grid step of the maximum of the continuous
+    curvature (``tests/test_choice.py`` checks it against the analytic Tikhonov curvature on
+    grids of different extents). Endpoints are never chosen.
+    Returns a :class:`Choice` with ``criterion`` the curvature (``-inf`` off the hull and at the
+    ends).
     """
     return _l_curve(parameter_curves(A, b, family, params, decomposition=decomposition), min_step)
 
@@ -326,7 +378,7 @@ def rules_for(grid: Sequence) -> tuple[str, ...]:
 
 
 def choose(A, b, family, params, rules=RULES, *, x_true=None, noise_norm: float | None = None,
-           tau: float = 1.0, decomposition: SVD | None = None, min_step: float = 0.02) -> dict[str, Choice]:
+           tau: float = 1.0, decomposition: SVD | None = None, min_step: float = 0.0) -> dict[str, Choice]:
     """Several rules on one sweep of the grid: ``{rule: Choice}`` for ``rules`` in order.
 
     ``rules`` are names in :data:`CHOICE_RULES` (``oracle``, ``gcv``, ``l_curve``,

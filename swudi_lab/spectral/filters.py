@@ -55,6 +55,7 @@ __all__ = [
     "swudi",
     "wiener",
     "zero",
+    "swudi_count",
 ]
 
 
@@ -315,6 +316,16 @@ def top_k(k: Count = None, ratio: Ratio = None) -> Filter:
     return Filter("top_k", params, lambda lam: _top_k_mask(lam, k, ratio))
 
 
+def swudi_count(d: int, ratio: float) -> int:
+    """SWUDI's number of kept directions for a ratio r: ``K = max(1, floor(d r + 0.999))`` (the
+    authors' formula; equal to ``ceil(d r)`` unless the fractional part of ``d r`` lies in (0, 0.001])."""
+    return max(1, math.floor(d * ratio + 0.999))
+
+
+def _swudi_mask(lam: torch.Tensor, k: int | None, ratio: float | None) -> torch.Tensor:
+    return _top_k_mask(lam, k if k is not None else swudi_count(lam.numel(), ratio), None)
+
+
 def _swudi_grid(s: float, n: int) -> list:
     return [(t, k) for t in (np.logspace(0, 16, 17) / s).tolist() for k in range(1, n + 1)]
 
@@ -323,12 +334,13 @@ def _swudi_grid(s: float, n: int) -> list:
 def swudi(t: Time = 1300.0, k: Count = None, ratio: Ratio = 0.65) -> Filter:
     """SWUDI: ``f(lambda) = (1 - exp(-lambda t)) * 1[lambda among the K largest]``.
 
-    Paper defaults (CLIP ViT-B/32): ``t = 1300``, ``ratio = 0.65`` (``K = ceil(0.65 d_in)``).
-    Pass ``k`` to fix K instead of the ratio.
+    Paper defaults (CLIP ViT-B/32): ``t = 1300``, ``ratio = 0.65``, with the authors' count
+    ``K = max(1, floor(0.65 d_in + 0.999))`` (:func:`swudi_count`). Pass ``k`` to fix K instead.
     """
     if k is not None:
         ratio = None
-    soft, hard = exponential(t), top_k(k=k, ratio=ratio)
+    soft, hard = exponential(t), top_k(k=k, ratio=ratio)  # validates k / ratio
+    hard = Filter("top_k", hard.params, lambda lam: _swudi_mask(lam, k, ratio))
     params = {"t": soft.params["t"], **hard.params}
     return Filter("swudi", params, lambda lam: soft.fn(lam) * hard.fn(lam), over=_product_over(soft, hard))
 

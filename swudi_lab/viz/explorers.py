@@ -195,14 +195,16 @@ def gd_explorer(A=None, b=None, x_true=None, *, problem="shaw", n: int = 64, noi
 # ------------------------------------------------------------ (3) filters and rank rules -----
 
 
-def _rank_rules(rules, rhs_energy=None) -> dict:
-    """``name -> callable(lam) -> K``: ``rules`` if given, else :data:`swudi_lab.spectral.rank_rules.RANK_RULES`
-    through ``choose_rank`` (rules that need ``rhs_energy`` only when it is given)."""
+def _rank_rules(rules, context: dict | None = None) -> dict:
+    """``name -> callable(lam) -> K``: ``rules`` if given, else every rule of
+    :data:`swudi_lab.spectral.rank_rules.RANK_RULES` whose context (``rule.needs``) is in ``context``,
+    through ``choose_rank``."""
     if rules is not None:
         return dict(rules)
-    return {name: (lambda lam, name=name: choose_rank(lam, name, rhs_energy=rhs_energy))
+    context = {k: v for k, v in (context or {}).items() if v is not None}
+    return {name: (lambda lam, name=name: choose_rank(lam, name, **context))
             for name, fn in RANK_RULES.items()
-            if rhs_energy is not None or not getattr(fn, "needs_rhs_energy", False)}
+            if all(k in context for k in getattr(fn, "needs", ()))}
 
 
 def _apply_rule(rule, lam) -> int:
@@ -211,7 +213,8 @@ def _apply_rule(rule, lam) -> int:
 
 
 def filters_explorer(lam, *, n_tasks: int | None = None, kappa: float = 3.0, ratio: float = 0.65,
-                     rule: str = "ratio", rules: dict | None = None, rhs_energy=None, mode: str | None = None,
+                     rule: str = "ratio", rules: dict | None = None, rhs_energy=None, start_energy=None,
+                     n_rows: int | None = None, d_out: int | None = None, mode: str | None = None,
                      fallback_grid: dict | None = None):
     """Filters and rank rules on a given spectrum: ``kappa`` (time), ``ratio r`` and a rank-rule dropdown.
 
@@ -221,21 +224,27 @@ def filters_explorer(lam, *, n_tasks: int | None = None, kappa: float = 3.0, rat
     on the spectrum; right: the normalized spectrum with ``K`` marked.
 
     Args: ``lam`` (d_in,) eigenvalues of C; ``n_tasks`` N (only for labels); ``rules`` dict
-    ``name -> callable(lambda) -> K`` to override the registry; ``rhs_energy`` (d_in,)
-    ``||D q_k||^2`` paired with ``lam`` (enables rules such as ``wudi_risk``).
+    ``name -> callable(lambda) -> K`` to override the registry. The layer's rank-rule context
+    (:func:`swudi_lab.spectral.rank_context` gives all of it) enables the rules that need it:
+    ``rhs_energy`` (d_in,) ``||D q_k||^2`` and ``start_energy`` (d_in,) ``||theta0 q_k||^2``, paired with
+    ``lam`` (the D-aware and loss rules, ``wudi_risk``), ``n_rows = N_live d_out`` (``gavish_donoho``'s
+    aspect ratio and median) and ``d_out`` (``gavish_donoho_authors``).
     """
     lam = as_array("lam", lam)
-    if rhs_energy is not None:
-        rhs_energy = as_array("rhs_energy", rhs_energy)
-        if rhs_energy.shape != lam.shape:
-            raise ValueError(f"rhs_energy must have lam's shape {lam.shape}, got {rhs_energy.shape}")
-        rhs_energy = np.ascontiguousarray(rhs_energy[np.argsort(lam)[::-1]])
-    lam = np.ascontiguousarray(np.sort(lam)[::-1])  # descending (torch rejects negative strides)
+    order = np.argsort(lam, kind="stable")[::-1]
+    energies = {}
+    for key, value in (("rhs_energy", rhs_energy), ("start_energy", start_energy)):
+        if value is not None:
+            value = as_array(key, value)
+            if value.shape != lam.shape:
+                raise ValueError(f"{key} must have lam's shape {lam.shape}, got {value.shape}")
+            energies[key] = np.ascontiguousarray(value[order])
+    lam = np.ascontiguousarray(lam[order])  # descending (torch rejects negative strides)
     mean = float(lam.mean())
     if mean <= 0:
         raise ValueError("lam must have a positive mean (trace(C) = N > 0)")
     d = lam.size
-    rules = _rank_rules(rules, rhs_energy)
+    rules = _rank_rules(rules, {**energies, "n_rows": n_rows, "d_out": d_out})
     options = ["ratio", *rules]
     if rule not in options:
         raise ValueError(f"rule must be one of {options}, got {rule!r}")
