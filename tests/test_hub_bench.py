@@ -100,3 +100,28 @@ def test_cli_bench_clip_on_the_standin(standin, tmp_path, capsys):
     assert "zero-shot" in out and "average" in out
     assert cli.main(["bench", "clip", "--experts", "eurosat"]) == 1
     assert "TASK=SOURCE" in capsys.readouterr().err
+
+
+def test_a_missing_hub_extra_is_one_line_naming_it(tmp_path):
+    """With transformers unimportable, the hub features say which extra to install, in one line."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('transformers', 'huggingface_hub', 'pyarrow'):\n"
+        "            raise ImportError(f'blocked {name}')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import swudi_lab\n"
+        "from swudi_lab.hub.bench import standin_config\n"  # importing the modules needs no extra
+        "try:\n"
+        f"    standin_config({str(tmp_path / 's')!r})\n"
+        "except ImportError as e:\n"
+        "    print(e)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    message = r.stdout.strip()
+    assert len(message.splitlines()) == 1 and 'pip install "swudi_lab[hub]"' in message, message

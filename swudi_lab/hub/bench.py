@@ -185,14 +185,14 @@ def _vision_config(folder: Path) -> dict:
     return config.get("vision_config", config)
 
 
-def _heads(cfg: BenchConfig, base_dir: Path, say) -> dict:
+def _heads(cfg: BenchConfig, base_dir: Path, say, progress: bool) -> dict:
     missing = [t for t in cfg.tasks if not head_path(cfg.base, t, cfg.heads_cache).exists()]
     model = tokenizer = None
     if missing:
         say(f"building zero-shot heads for {', '.join(missing)} (the base's text tower)")
         model, tokenizer = load_clip(base_dir)
     heads = {t: zeroshot_head(cfg.base, t, cache_dir=cfg.heads_cache, model=model, tokenizer=tokenizer)
-             for t in cfg.tasks}
+             for t in tqdm(cfg.tasks, desc="zero-shot heads", unit="task", disable=not (progress and missing))}
     del model
     return heads
 
@@ -275,11 +275,12 @@ def run_clip_bench(cfg: BenchConfig | None = None, *, progress: bool = True, log
 
     base_dir = _local(cfg.base, "base model", cfg.timeout)
     expert_dirs = {t: _local(s, f"expert {t}", cfg.timeout) for t, s in cfg.experts.items()}
-    heads = _heads(cfg, base_dir, say)
+    heads = _heads(cfg, base_dir, say, progress)
     vision_config = _vision_config(base_dir)
     image_size = int(vision_config.get("image_size", 224))
     test_sets = {t: load_test_set(t, cfg.data.get(t), n_test=cfg.n_test, seed=cfg.seed, image_size=image_size,
-                                  timeout=cfg.timeout) for t in cfg.tasks}
+                                  timeout=cfg.timeout)
+                 for t in tqdm(cfg.tasks, desc="test sets", unit="task", disable=not progress)}
     say("test sets: " + ", ".join(f"{t} {len(ts.labels)}" for t, ts in test_sets.items()))
 
     base = _vision_state(base_dir, "base model")
