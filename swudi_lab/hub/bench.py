@@ -154,7 +154,7 @@ def run_mode(device, *, family: str = "clip-vit-base-patch32", timeout: float = 
 # ----------------------------------------------------------------------------- phases
 
 
-def _say(progress: bool, log):
+def _say(log):
     t0 = time.perf_counter()
 
     def say(msg: str) -> None:
@@ -263,7 +263,7 @@ def run_clip_bench(cfg: BenchConfig | None = None, *, progress: bool = True, log
     Writes ``results.json`` (every number, the settings, the published values) and ``results.csv``.
     """
     cfg = (cfg or BenchConfig()).resolved()
-    say = _say(progress, log)
+    say = _say(log)
     out = Path(cfg.out)
     cache = _Cache(out / "cache")
     device = resolve_device(cfg.device)
