@@ -40,6 +40,7 @@ from ..config.presets import ZOO_MATCHED
 from ..evaluate import average_accuracy, evaluate_backbone, normalized_accuracy, recovered_gain
 from ..files import atomic_dir, atomic_path, atomic_write_text, sha256_file
 from ..merge import merge
+from ..progress import Progress, progress_mode
 from .model import BackboneConfig, make_backbone
 from .tasks import TASK_CLASSES, TASKS
 from .tasks import make_split as _offline_split
@@ -411,35 +412,41 @@ def build_zoo(root=None, seed: int = 0, config: ZooConfig | None = None, progres
 
 
 def _build(root, seed, config, progress, device, d) -> Zoo:
-    """The build's steps, in order: base, data, heads, experts, merge check, targets, manifest."""
+    """The build's steps, in order: base, data, heads, experts, merge check, targets, manifest.
+
+    Each step is a phase of :class:`~swudi_lab.progress.Progress`: a bar on a terminal (each expert's
+    fine-tuning steps), one line with its time in a log, nothing without ``progress``."""
     t_start = time.time()
-    say = (lambda msg: print(f"[zoo seed{seed} {time.time() - t_start:6.1f}s] {msg}", flush=True)) if progress else (lambda msg: None)
+    rep, tag = Progress(progress_mode(progress)), f"[zoo seed{seed}]"
     make = lambda: make_backbone(config.backbone)  # noqa: E731
 
-    base, pre_info = _base_weights(config, make)
-    train = {t: task_split(config, t, "train") for t in config.tasks}
-    test = {t: task_split(config, t, "test") for t in config.tasks}
-    classes = {t: n_classes(config, t) for t in config.tasks}
-    say(f"data ready ({len(config.tasks)} tasks x {config.n_train} train / {config.n_test} test)")
-    heads = _fit_heads(base, make, config, train, classes, device)
-    base_acc = _evaluate(base, make, heads, test, config.tasks, device)
-    say("base with heads: " + ", ".join(f"{t} {a:.1f}" for t, a in base_acc.items()))
+    with rep.phase(f"{tag} base, data and heads") as ph:
+        base, pre_info = _base_weights(config, make)
+        train = {t: task_split(config, t, "train") for t in config.tasks}
+        test = {t: task_split(config, t, "test") for t in config.tasks}
+        classes = {t: n_classes(config, t) for t in config.tasks}
+        heads = _fit_heads(base, make, config, train, classes, device)
+        base_acc = _evaluate(base, make, heads, test, config.tasks, device)
+        ph.done(f"{len(config.tasks)} tasks x {config.n_train} train / {config.n_test} test; base with heads: "
+                + ", ".join(f"{t} {a:.1f}" for t, a in base_acc.items()))
 
     with atomic_dir(d) as tmp:  # built beside the target, renamed into place only when complete
         (tmp / "experts").mkdir(parents=True)
         (tmp / "task_vectors").mkdir(parents=True)
         _save_tensors(base, tmp / "base.safetensors")
         _save_tensors({f"{t}.{n}": v for t in config.tasks for n, v in zip(("weight", "bias"), heads[t])}, tmp / "heads.safetensors")
-        experts, stats = _build_experts(tmp, seed, config, base, make, heads, train, test, base_acc, device, say)
-        merges = _merge_check(base, experts, make, heads, test, config.tasks, base_acc, stats["accuracy"], device)
-        say("merges of all experts: " + ", ".join(f"{k} {v['avg_acc']:.1f}% (keeps {v['recovered']:.0f}% of the gain)"
-                                                   for k, v in merges.items()))
+        experts, stats = _build_experts(tmp, seed, config, base, make, heads, train, test, base_acc, device, rep)
+        with rep.phase(f"{tag} merge check") as ph:
+            merges = _merge_check(base, experts, make, heads, test, config.tasks, base_acc, stats["accuracy"], device)
+            ph.done("merges of all experts: " + ", ".join(f"{k} {v['avg_acc']:.1f}% (keeps {v['recovered']:.0f}% of the gain)"
+                                                          for k, v in merges.items()))
         gain = {t: stats["accuracy"][t] - base_acc[t] for t in config.tasks}
         targets = _targets(gain, stats["ratio"], merges)
         manifest = _manifest(tmp, seed, config, classes, pre_info, base_acc, stats, gain, merges, targets, t_start)
         _write_json(manifest, tmp / "manifest.json")
-    say(f"done: base {_mean(base_acc):.1f}% -> experts {_mean(stats['accuracy']):.1f}% (gain {_mean(gain):+.1f}), "
-        f"tau/W {100 * _mean(stats['ratio']):.2f}%")
+    if rep.mode == "lines":  # a log's summary line (on a terminal the finished bars say it)
+        rep.log(f"{tag} done: base {_mean(base_acc):.1f}% -> experts {_mean(stats['accuracy']):.1f}% "
+                f"(gain {_mean(gain):+.1f}), tau/W {100 * _mean(stats['ratio']):.2f}% ({time.time() - t_start:.1f} s)")
     if config.check_targets:
         _warn_missed_targets(seed, targets)
     return load_zoo(root, seed, config=config)
@@ -481,7 +488,7 @@ def _expert_seed(seed: int, i: int) -> int:
     return 1000 * int(seed) + i
 
 
-def _build_experts(tmp, seed, config, base, make, heads, train, test, base_acc, device, say) -> tuple[dict, dict]:
+def _build_experts(tmp, seed, config, base, make, heads, train, test, base_acc, device, rep) -> tuple[dict, dict]:
     """Fine-tune one expert per task (expert seed ``1000 seed + i``), round its task vector to
     ``config.tau_dtype`` and write both into ``tmp``; score each expert on its own task.
 
@@ -490,20 +497,26 @@ def _build_experts(tmp, seed, config, base, make, heads, train, test, base_acc, 
     """
     experts, stats = {}, {"accuracy": {}, "ratio": {}, "ratio_all": {}, "seconds": {}}
     for i, t in enumerate(config.tasks):
-        t0 = time.time()
-        x, y = train[t]
-        ex = finetune(base, make, heads[t], x, y, config.finetune, seed=_expert_seed(seed, i), device=device)
-        ex, tau = _round_tau(base, ex, config.tau_dtype)
-        experts[t] = ex
-        _save_tensors(ex, tmp / "experts" / f"{t}.safetensors")
-        _save_tensors(tau, tmp / "task_vectors" / f"{t}.safetensors")
-        stats["accuracy"][t] = _evaluate(ex, make, heads, test, [t], device)[t]
-        stats["ratio"][t] = task_vector_ratio(base, ex, matrices_only=True)
-        stats["ratio_all"][t] = task_vector_ratio(base, ex, matrices_only=False)
-        stats["seconds"][t] = time.time() - t0
-        say(f"expert {t}: {stats['accuracy'][t]:.1f}% (base {base_acc[t]:.1f}%), tau/W {100 * stats['ratio'][t]:.2f}%, "
-            f"{stats['seconds'][t]:.0f}s")
+        with rep.phase(f"[zoo seed{seed}] expert {t}", total=config.finetune.steps) as ph:
+            experts[t] = _build_expert(tmp, seed, i, t, config, base, make, heads, train, test, device, stats, ph)
+            ph.done(f"{stats['accuracy'][t]:.1f}% (base {base_acc[t]:.1f}%), tau/W {100 * stats['ratio'][t]:.2f}%")
     return experts, stats
+
+
+def _build_expert(tmp, seed, i, t, config, base, make, heads, train, test, device, stats, ph) -> dict:
+    """Fine-tune, round, write and score the expert of task ``t`` (the ``i``-th); fills ``stats``."""
+    t0 = time.time()
+    x, y = train[t]
+    tick = (lambda step, loss: ph.update()) if ph.mode == "bars" else None  # no per-step sync otherwise
+    ex = finetune(base, make, heads[t], x, y, config.finetune, seed=_expert_seed(seed, i), device=device, progress=tick)
+    ex, tau = _round_tau(base, ex, config.tau_dtype)
+    _save_tensors(ex, tmp / "experts" / f"{t}.safetensors")
+    _save_tensors(tau, tmp / "task_vectors" / f"{t}.safetensors")
+    stats["accuracy"][t] = _evaluate(ex, make, heads, test, [t], device)[t]
+    stats["ratio"][t] = task_vector_ratio(base, ex, matrices_only=True)
+    stats["ratio_all"][t] = task_vector_ratio(base, ex, matrices_only=False)
+    stats["seconds"][t] = time.time() - t0
+    return ex
 
 
 def _targets(gain: dict, ratio: dict, merges: dict) -> dict:
