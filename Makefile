@@ -1,20 +1,22 @@
-# swudi_lab — two commands matter: `make demo` (the main job) and `make test` (all tests).
-# Both run `make setup` first, so they work on a fresh clone.
+# swudi_lab — two commands matter: `make demo` (the main job, a few minutes) and `make test` (all tests).
+# `make study` is the full three-seed run behind the README's table. All run `make setup` first,
+# so they work on a fresh clone.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-stamp
 
-.PHONY: setup browser demo test toy-demo bench clean
+.PHONY: setup browser demo study test toy-demo bench clean
 
-# Creates .venv if missing and installs swudi_lab with every dependency, pinned through
-# constraints.txt (torch==2.13.0) so a CPU-only machine never pulls CUDA builds.
-# Idempotent: re-runs only when pyproject.toml or constraints.txt changed.
+# Creates .venv if missing and installs swudi_lab with every extra (notebooks, test, hub; a plain
+# `pip install swudi_lab` is the lean core), pinned through constraints.txt (torch==2.13.0) so a
+# CPU-only machine never pulls CUDA builds. Idempotent: re-runs only when pyproject.toml or
+# constraints.txt changed.
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet -c constraints.txt -e .
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[notebooks,test,hub]"
 	$(PY) -c "import swudi_lab, timm, torch; print('swudi_lab ready: torch', torch.__version__, '| timm', timm.__version__)"
 	touch $(STAMP)
 
@@ -29,8 +31,13 @@ browser:
 	  || echo "warning: could not install chromium; the browser check will skip"; \
 	else echo "note: chromium missing and apt-get unavailable; the browser check will skip"; fi
 
+# The fast demo: the shipped seed 0, every method on the whole test splits, accuracy vs kappa, the report.
 demo: setup
 	$(PY) -m swudi_lab.cli demo
+
+# The study: seeds 0, 1, 2 (1 and 2 fine-tuned on first use), every sweep, mean ± std; each seed cached.
+study: setup
+	$(PY) -m swudi_lab.cli study
 
 toy-demo: setup
 	$(PY) -m swudi_lab.cli demo --toy

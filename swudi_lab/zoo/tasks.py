@@ -144,7 +144,10 @@ def _glyph_task(chars, sizes=(13, 24)):
 
 @functools.lru_cache(maxsize=1)
 def _digits_source():
-    from sklearn.datasets import load_digits
+    try:  # scikit-learn ships the 8x8 digits; only this optional task (not in the default eight) needs it
+        from sklearn.datasets import load_digits
+    except ImportError as e:
+        raise ImportError(f"the 'digits' task needs scikit-learn (pip install scikit-learn): {e}") from None
 
     d = load_digits()
     images, target = d.images.astype(np.float32) / 16.0, d.target.astype(np.int64)
