@@ -27,6 +27,7 @@ def test_the_demo_and_the_study_are_one_code_path_with_two_profiles():
     assert demo.seeds == (0,) and study.seeds == (0, 1, 2)
     assert not demo.calibrate and not demo.wudi_steps and not demo.ratios and not demo.experts_alone
     assert demo.kappas == study.kappas == KAPPAS and demo.test_images is None is study.test_images
+    assert demo.sweep_images == 300, "the fast demo sweeps on 300 images per task; the table keeps whole splits"
     assert study.calibrate and study.lr_rel_grid == LR_REL_GRID and study.wudi_steps == WUDI_STEPS
     assert study.ratios == RATIOS and study.experts_alone and study.sweep_images == SWEEP_IMAGES
     quick = profile("study", quick=True)  # the smoke run of the former full demo, unchanged
