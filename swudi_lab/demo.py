@@ -208,6 +208,11 @@ def _score(state_dict, zoo, data, expert_acc, device, tick=None) -> dict:
     return {"avg_acc": average_accuracy(acc), "norm_acc": normalized_accuracy(acc, expert_acc), "per_task": acc}
 
 
+def _zoo_progress(progress: bool | str, rep: Progress) -> bool | str:
+    """The zoo build's progress: the run's mode, silent when the run has no progress (its lines only)."""
+    return progress if isinstance(progress, str) else (rep.mode if progress else False)
+
+
 def _as_profile(prof: str | Profile, quick: bool) -> Profile:
     return prof if isinstance(prof, Profile) else profile(prof, quick)
 
@@ -228,7 +233,7 @@ def run_seed(seed: int, *, profile: str | Profile = "demo", device="cpu", quick:
     tag = f"[seed {seed}]"
     t_start = time.perf_counter()
     if zoo is None:
-        zoo = build_zoo(root=zoo_root, seed=seed, config=config, progress=rep.mode == "bars")
+        zoo = build_zoo(root=zoo_root, seed=seed, config=config, progress=_zoo_progress(progress, rep))
     base = zoo.base_state_dict()
     experts = {t: zoo.expert_state_dict(t) for t in zoo.tasks}
     n = len(zoo.tasks)
@@ -276,7 +281,7 @@ def run_seed(seed: int, *, profile: str | Profile = "demo", device="cpu", quick:
             if run.method == "swudi_a":
                 row["ranks"] = {r["name"]: {"k": r["k"], "d_in": r["shape"][1]} for r in merged.report.solver_rows}
             out["methods"][run.label] = row
-            ph.done(f"{row['avg_acc']:6.2f}% (merge {m.seconds:.2f} s)")
+            ph.done(f"{row['avg_acc']:.2f}% (merge {m.seconds:.2f} s)")
 
     sweeps = out["sweeps"]
 
@@ -507,7 +512,7 @@ def run_demo(seeds=None, *, profile: str | Profile = "demo", out_dir=None, devic
     from .zoo import build_zoo
 
     rep = Progress(progress_mode(progress) if progress else "lines", log)
-    zoo_progress = progress if isinstance(progress, str) else (rep.mode if progress else False)
+    zoo_progress = _zoo_progress(progress, rep)
     per_seed = []
     for s in seeds:
         with rep.phase(f"[seed {s}] zoo: build or verify") as ph:

@@ -77,7 +77,8 @@ class Phase:
         if mode == "bars":
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, desc=desc, unit=unit, leave=True, file=sys.stderr, dynamic_ncols=True)
+            fmt = {} if total else {"bar_format": "{desc}: {elapsed}{postfix}"}  # no count to show: time and result
+            self._bar = tqdm(total=total, desc=desc, unit=unit, leave=True, file=sys.stderr, dynamic_ncols=True, **fmt)
 
     @property
     def seconds(self) -> float:

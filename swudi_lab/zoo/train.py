@@ -220,7 +220,7 @@ def finetune(
         loss.backward()
         opt.step()
         if progress is not None:
-            progress(step, float(loss))
+            progress(step, float(loss.detach()))
     return {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
 
 
