@@ -195,11 +195,11 @@ def test_inverse_problem_explorer_all_modes():
         return filtered_solve(A, b_noisy, tikhonov(lambda_c)).numpy()
 
     exp = inverse_problem_explorer(A, x_true=x, noise=1e-2, filter="tikhonov", lambda_c=1e-3, mode="widgets")
-    assert exp.figure.data[0].name == "truth x_true"
+    assert exp.figure.data[0].name == "truth x<sub>true</sub>"  # legends print maths (viz.style.pretty)
     np.testing.assert_allclose(exp.figure.data[1].y, expected(1e-3), rtol=1e-6, atol=1e-9)
     exp.controls["lambda_c"].value = 1e-2
     np.testing.assert_allclose(exp.figure.data[1].y, expected(1e-2), rtol=1e-6, atol=1e-9)
-    assert exp.figure.data[1].name == "tikhonov(alpha=0.01)"
+    assert exp.figure.data[1].name == "tikhonov(α=0.01)"
     exp.controls["filter"].value = "exponential"
     assert exp.figure.data[1].name == "exponential(t=100)"
 
