@@ -255,9 +255,10 @@ def test_pareto_front_and_figure():
 def test_cost_bars():
     fig = cost_bars_figure({"WUDI": {"time": 86.3, "memory": 2000.0}, "SWUDI": {"time": 2.8, "memory": None}})
     assert isinstance(fig, go.Figure) and len(fig.data) == 2
-    np.testing.assert_allclose(fig.data[0].y, [86.3, 2.8])
-    assert fig.data[1].y[0] == 2000.0 and np.isnan(fig.data[1].y[1])
-    assert fig.layout.yaxis.type == "log"
+    np.testing.assert_allclose(fig.data[0].x, [86.3, 2.8])  # horizontal bars: names read on the left
+    assert list(fig.data[0].y) == ["WUDI", "SWUDI"] and fig.data[0].orientation == "h"
+    assert fig.data[1].x[0] == 2000.0 and np.isnan(fig.data[1].x[1])
+    assert fig.layout.xaxis.type == "log"
     with pytest.raises(ValueError, match="SWUDI"):
         cost_bars_figure({"SWUDI": {"memory": 1}})
 

@@ -303,7 +303,10 @@ def pareto_figure(points, *, x_range=None, y_range=None,
 
 
 def cost_bars_figure(costs, *, title: str = "Cost of merging: wall-clock time and peak memory") -> go.Figure:
-    """Two bar panels per method: merge time (s, log y) and peak memory (MiB).
+    """Two panels of horizontal bars, one bar per method: merge time (s, log x) and peak memory (MiB).
+
+    The methods are named once, on the left, read horizontally: long names are never rotated,
+    cut or overlapping the next panel.
 
     Args:
         costs: dict ``method -> {"time": seconds, "memory": MiB}`` (``memory`` may be missing/None).
@@ -317,15 +320,24 @@ def cost_bars_figure(costs, *, title: str = "Cost of merging: wall-clock time an
     times = [float(costs[n]["time"]) for n in names]
     mems = [costs[n].get("memory") for n in names]
     mems = [float("nan") if m is None else float(m) for m in mems]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["merge time (s)", "peak memory (MiB)"])
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["merge time (s)", "peak memory (MiB)"], shared_yaxes=True,
+                        horizontal_spacing=0.06)
     pick = Colors()
     colors = [pick(n) for n in names]
-    fig.add_trace(go.Bar(x=names, y=times, name="time", marker_color=colors, text=[f"{t:.3g}" for t in times],
-                         textposition="outside", hovertemplate="%{x}<br>time=%{y:.3g} s<extra></extra>"), 1, 1)
-    fig.add_trace(go.Bar(x=names, y=mems, name="peak memory", marker_color=colors,
+    fig.add_trace(go.Bar(y=names, x=times, orientation="h", name="time", marker_color=colors,
+                         text=[f"{t:.3g}" for t in times], textposition="outside", cliponaxis=False,
+                         hovertemplate="%{y}<br>time=%{x:.3g} s<extra></extra>"), 1, 1)
+    fig.add_trace(go.Bar(y=names, x=mems, orientation="h", name="peak memory", marker_color=colors,
                          text=[("" if np.isnan(m) else f"{m:.0f}") for m in mems], textposition="outside",
-                         hovertemplate="%{x}<br>peak memory=%{y:.4g} MiB<extra></extra>"), 1, 2)
-    fig.update_yaxes(type="log", title_text="seconds (log)", row=1, col=1)
-    fig.update_yaxes(title_text="MiB", row=1, col=2)
-    fig.update_layout(template=TEMPLATE, title=title, showlegend=False, height=420)
+                         cliponaxis=False, hovertemplate="%{y}<br>peak memory=%{x:.4g} MiB<extra></extra>"), 1, 2)
+    pos = [t for t in times if t > 0]
+    if pos:  # room for the labels right of the bars
+        fig.update_xaxes(type="log", range=[np.log10(min(pos)) - 0.3, np.log10(max(pos)) + 0.6], row=1, col=1)
+    else:
+        fig.update_xaxes(type="log", row=1, col=1)
+    fig.update_xaxes(title_text="seconds (log)", row=1, col=1)
+    finite = [m for m in mems if np.isfinite(m)]
+    fig.update_xaxes(title_text="MiB", range=[0, 1.2 * max(finite) if finite and max(finite) > 0 else 1], row=1, col=2)
+    fig.update_yaxes(autorange="reversed", row=1, col=1)  # in the order given, top to bottom
+    fig.update_layout(template=TEMPLATE, title=title, showlegend=False, height=max(360, 140 + 34 * len(names)))
     return finish(fig)

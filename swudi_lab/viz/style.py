@@ -74,7 +74,7 @@ _AXIS = dict(showgrid=True, gridcolor="#eee", zeroline=False, linecolor="#444", 
 TEMPLATE = go.layout.Template(
     layout=dict(
         font=dict(family=FONT, size=13, color="#222"),
-        title=dict(x=0.02, xanchor="left", font=dict(size=16), automargin=True),
+        title=dict(x=0.02, xanchor="left", y=0.975, yanchor="top", font=dict(size=16)),  # inside the figure
         paper_bgcolor="white",
         plot_bgcolor="white",
         colorway=QUALITATIVE[:10],
