@@ -75,13 +75,20 @@ def test_side_by_side_keeps_traces_axes_and_markers():
 def test_filter_factors_on_grid_and_rug():
     filters = [exponential(10.0), tikhonov(1e-2), landweber(0.5, 20)]
     fig = filter_factors_figure(filters, eigenvalues=LAM)
+    assert fig.data[0].line.color == PALETTE["exponential"]
     assert names(fig)[:3] == P([f.label for f in filters])
     assert names(fig)[3].startswith("eigenvalues λ<sub>k</sub>")
     assert fig.layout.xaxis.type == "log"
-    # evaluated on the sorted eigenvalues of C
+    # filters of lambda alone: drawn on a fine grid over the spectrum (no ramp across a gap),
+    # through every eigenvalue
+    x = np.asarray(fig.data[1].x)
+    assert x.min() == LAM.min() and x.max() == LAM.max() and np.isin(LAM, x).all() and x.size > 300
+    np.testing.assert_allclose(fig.data[1].y, x / (x + 1e-2))
+    # a filter that depends on the spectrum (top-K, SWUDI): at the eigenvalues, as steps
+    fig = filter_factors_figure([swudi(10.0, ratio=0.5)], eigenvalues=LAM)
     np.testing.assert_allclose(fig.data[0].x, LAM)
-    np.testing.assert_allclose(fig.data[1].y, LAM / (LAM + 1e-2))
-    assert fig.data[0].line.color == PALETTE["exponential"]
+    assert fig.data[0].line.shape == "hv"
+
 
 
 def test_filter_factors_default_grid_dict_of_arrays_and_torch():

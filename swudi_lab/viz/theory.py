@@ -57,23 +57,36 @@ def filter_factors_figure(filters, lam=None, *, eigenvalues=None, n_points: int 
     if not items:
         raise ValueError("filters is empty")
     eig = None if eigenvalues is None else np.sort(as_array("eigenvalues", eigenvalues))
+    on_eigenvalues = False
     if lam is None:
         if eig is not None and (eig > 0).any():
-            lam = eig[eig > 0]
+            lam, on_eigenvalues = eig[eig > 0], True
         else:
             lam = np.logspace(-6, 1, n_points)
+    dense = None
+    if on_eigenvalues and lam is not None and lam.size > 1:
+        # A filter of lambda alone (it has a slope at 0: Landweber, exponential, Tikhonov) is drawn as
+        # the curve it is, on a fine grid over the spectrum: joined only at the eigenvalues it would
+        # be a straight ramp across a gap of the spectrum.
+        dense = np.union1d(np.logspace(np.log10(lam.min()), np.log10(lam.max()), n_points), lam)
     lam = as_array("lam", lam)
     order = np.argsort(lam, kind="stable")  # factors given as arrays follow lam's order
     lam = lam[order]
     fig = new_figure(title, "eigenvalue lambda", "filter factor f(lambda)", log_x=True)
     colors = Colors()
     for i, (name, f) in enumerate(items):
-        y = as_array(f"filters[{name!r}]", f(lam) if callable(f) else f)
-        if y.shape != lam.shape:
-            raise ValueError(f"filters[{name!r}] has {y.shape} factors, lam has {lam.shape}")
+        pointwise = callable(f) and getattr(f, "slope0", None) is not None
+        x = dense if (pointwise and dense is not None) else lam
+        y = as_array(f"filters[{name!r}]", f(x) if callable(f) else f)
+        if y.shape != x.shape:
+            raise ValueError(f"filters[{name!r}] has {y.shape} factors, lam has {x.shape}")
         if not callable(f):
             y = y[order]
-        fig.add_trace(go.Scatter(x=lam, y=y, name=name, mode="lines", line=dict(color=colors(name), width=2.5, dash=DASHES[i % len(DASHES)]),
+        # a filter that depends on the spectrum (top-K, SWUDI) is known at the eigenvalues only:
+        # drawn as steps between them, never as a ramp across a gap
+        shape = "hv" if (callable(f) and not pointwise and on_eigenvalues) else "linear"
+        fig.add_trace(go.Scatter(x=x, y=y, name=name, mode="lines",
+                                 line=dict(color=colors(name), width=2.5, dash=DASHES[i % len(DASHES)], shape=shape),
                                  hovertemplate="lambda=%{x:.3g}<br>f(lambda)=%{y:.3f}<extra>" + name + "</extra>"))
     if eig is not None:
         fig.add_trace(go.Scatter(x=log_safe(eig), y=np.full(eig.shape, -0.04), mode="markers",
