@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -54,4 +55,6 @@ def test_notebook_runs_in_jupyterlab(path, lab):
     save = os.environ.get("SWUDI_LAB_SAVE_SCREENSHOTS", "") not in ("", "0")
     res = lab.check(path, save_screenshot=save)
     print(res.summary())
+    for w in res.warnings:
+        warnings.warn(f"{res.name}: {w}", stacklevel=1)
     assert res.ok, f"{res.name}: " + "; ".join(res.problems)

@@ -8,7 +8,8 @@ no browser is downloaded. For each notebook, one after the other in that server:
 
 1. open it in JupyterLab (a fresh workspace), run *Run All Cells* (the ``notebook:run-all-cells``
    command of the exposed ``jupyterapp``) and wait until every cell ran and the kernel is idle;
-   the wall time must stay within ``$SWUDI_LAB_NOTEBOOK_BUDGET_S`` (default 120 s);
+   the wall time must stay within ``$SWUDI_LAB_NOTEBOOK_BUDGET_S`` (default 120 s; enforced under
+   ``CI`` or when the variable is set, else a warning: other jobs on a shared CPU slow a notebook);
 2. no error output: no cell output of type ``error`` and no exception printed by an explorer;
 3. every plotly figure is drawn (``.js-plotly-plot`` with a ``.main-svg``, marks, a size) and every
    explorer is a live ipywidget (the widget view rendered, with controls and a drawn figure);
@@ -49,6 +50,9 @@ NOTEBOOKS = ROOT / "notebooks"
 IMG_DIR = ROOT / "docs" / "img"
 
 NOTEBOOK_BUDGET_S = float(os.environ.get("SWUDI_LAB_NOTEBOOK_BUDGET_S", "120"))
+# Over the budget is a failure under CI or with the budget set explicitly; on a shared machine
+# (other jobs make a notebook slower) it is a warning in the summary.
+ENFORCE_BUDGET = bool(os.environ.get("CI") or os.environ.get("SWUDI_LAB_NOTEBOOK_BUDGET_S"))
 RUN_TIMEOUT_S = 300          # hard limit of one notebook's run-all
 SERVER_TIMEOUT_S = 120       # JupyterLab start
 REDRAW_TIMEOUT_S = 60        # an explorer's redraw after a control moved
@@ -78,6 +82,7 @@ class NotebookResult:
     screenshot: Path | None = None
     screenshot_std: float = 0.0
     problems: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -85,6 +90,8 @@ class NotebookResult:
 
     def summary(self) -> str:
         status = "ok" if self.ok else "FAIL: " + "; ".join(self.problems)
+        if self.warnings:
+            status += " (warning: " + "; ".join(self.warnings) + ")"
         return (f"{self.name:36s} {self.seconds:6.1f} s  {self.figures:2d} figures  {self.explorers} explorers "
                 f"(moved: {', '.join(self.moved) or '-'})  {status}")
 
@@ -334,7 +341,11 @@ def check_notebook(page, server: LabServer, path: Path, work: Path, *, save_scre
         return res
     res.seconds = time.perf_counter() - start
     if res.seconds > NOTEBOOK_BUDGET_S:
-        res.problems.append(f"ran {res.seconds:.0f} s, over the {NOTEBOOK_BUDGET_S:.0f} s budget")
+        over = f"ran {res.seconds:.0f} s, over the {NOTEBOOK_BUDGET_S:.0f} s budget"
+        if ENFORCE_BUDGET:
+            res.problems.append(over)
+        else:
+            res.warnings.append(f"{over}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     _settle(page)
 
     model = page.evaluate(JS_MODEL)
@@ -401,9 +412,14 @@ def check_notebook(page, server: LabServer, path: Path, work: Path, *, save_scre
         res.problems.append("no cell to take a screenshot of")
 
     debug = os.environ.get("SWUDI_LAB_DEBUG_DIR")
-    if debug and res.problems:  # the page as it was, to see what went wrong
+    if debug:  # every figure and explorer as drawn, and the page if something went wrong
         Path(debug).mkdir(parents=True, exist_ok=True)
-        (Path(debug) / f"{path.stem}.html").write_text(page.content(), encoding="utf-8")
+        outs = page.locator(".jp-Notebook .jp-OutputArea-output:has(.js-plotly-plot), "
+                            ".jp-Notebook .jp-OutputArea-output.js-plotly-plot")
+        for j in range(outs.count()):
+            outs.nth(j).screenshot(path=str(Path(debug) / f"{path.stem}-{j + 1:02d}.png"))
+        if res.problems:
+            (Path(debug) / f"{path.stem}.html").write_text(page.content(), encoding="utf-8")
     page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
     return res
 
