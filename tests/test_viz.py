@@ -410,3 +410,11 @@ def test_explorer_labels_take_the_width_they_need_and_readouts_are_plain():
     log.value = 10 ** 0.5
     assert row[1].children[1].value == "3.16"
     assert readout(13.541666666666666) == "13.5" and readout(1000.0) == "1000" and readout(1.3e-5) == "1.3·10⁻⁵"
+
+
+def test_marker_labels_near_the_right_edge_read_leftwards():
+    fig = error_curve_figure({"gd": ([1, 10, 100, 1000], [3.0, 1.0, 2.0, 2.5])}, current=900)
+    ann = fig.layout.annotations[0]
+    assert ann.xanchor == "right"  # not cut at the figure's edge
+    fig = error_curve_figure({"gd": ([1, 10, 100, 1000], [3.0, 1.0, 2.0, 2.5])}, current=2)
+    assert fig.layout.annotations[0].xanchor == "left"

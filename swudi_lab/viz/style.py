@@ -211,6 +211,32 @@ def _fix_log_axes(fig: go.Figure) -> None:
                 ax.update(tickmode="array", tickvals=tv, ticktext=tt)
 
 
+def _data_extent(fig: go.Figure, letter: str, ref: str, log: bool):
+    vals = []
+    for tr in fig.data:
+        if (getattr(tr, f"{letter}axis", None) or letter) != ref or getattr(tr, letter, None) is None:
+            continue
+        try:
+            v = np.asarray(getattr(tr, letter), dtype=float).ravel()
+        except (TypeError, ValueError):
+            continue
+        v = v[np.isfinite(v)]
+        vals.append(np.log10(v[v > 0]) if log else v)
+    v = np.concatenate(vals) if vals else np.array([])
+    return (float(v.min()), float(v.max())) if v.size else None
+
+
+def _fix_mark_labels(fig: go.Figure) -> None:
+    """A marker label in the right third of its axis reads leftwards, so it is not cut at the edge."""
+    for ann in fig.layout.annotations:
+        if ann.name != "mark_x" or ann.x is None:
+            continue
+        ref = ann.xref or "x"
+        ext = _data_extent(fig, "x", ref, _axis_is_log(fig, ref))
+        if ext and ext[1] > ext[0] and (float(ann.x) - ext[0]) / (ext[1] - ext[0]) > 0.67:
+            ann.update(xanchor="right", xshift=-3)
+
+
 def pretty(text):
     """Plain-text maths as a textbook prints it, for figure titles, axes, legends and labels.
 
@@ -289,6 +315,7 @@ def finish(fig: go.Figure) -> go.Figure:
     labels as Unicode / sub- and superscripts (:func:`pretty`), long titles wrapped (:func:`wrap`),
     and a log axis spanning less than two decades labelled with plain numbers (``0.2 0.5 1 2``)."""
     _fix_log_axes(fig)
+    _fix_mark_labels(fig)
     lay = fig.layout
     if lay.title and lay.title.text:
         lay.title.text = wrap(pretty(lay.title.text))
