@@ -418,3 +418,10 @@ def test_marker_labels_near_the_right_edge_read_leftwards():
     assert ann.xanchor == "right"  # not cut at the figure's edge
     fig = error_curve_figure({"gd": ([1, 10, 100, 1000], [3.0, 1.0, 2.0, 2.5])}, current=2)
     assert fig.layout.annotations[0].xanchor == "left"
+
+
+def test_category_names_print_their_maths_and_keep_their_data():
+    fig = accuracy_bar_figure({"wudi (lr 1e-5)": 54.6, "swudi": 72.5})
+    assert list(fig.data[0].x) == ["wudi (lr 1e-5)", "swudi"]
+    assert list(fig.layout.xaxis.ticktext) == ["wudi (lr 10<sup>−5</sup>)", "swudi"]
+    assert accuracy_bar_figure({"swudi": 72.5}).layout.xaxis.ticktext is None

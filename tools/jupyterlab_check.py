@@ -16,7 +16,8 @@ no browser is downloaded. For each notebook, one after the other in that server:
 4. each explorer's first control is moved (a slider: one arrow-key press on its handle; a dropdown:
    the next option), and its figure must change (its plotly data and layout compared before and
    after);
-5. a screenshot of the notebook's hero figure (the cell tagged ``hero``), which must not be blank;
+5. a screenshot of the notebook's hero figure (the first figure of the cell tagged ``hero``, without
+   the text the cell printed), which must not be blank;
    with ``--save-screenshots`` (``SWUDI_LAB_SAVE_SCREENSHOTS=1`` under pytest) it is cropped and
    written to ``docs/img/<notebook>.png``: the README's pictures are these screenshots.
 
@@ -396,7 +397,9 @@ def check_notebook(page, server: LabServer, path: Path, work: Path, *, save_scre
                      or WIDGET_MIME in out.get("data", {})), None)
     if hero is not None:
         page.add_style_tag(content=HIDE_CHROME_CSS)
-        area = cells.nth(hero).locator(".jp-Cell-outputArea").first
+        # the hero cell's (first) figure or explorer, without the text it printed above
+        figs = cells.nth(hero).locator(".jp-OutputArea-child:has(.js-plotly-plot)")
+        area = figs.first if figs.count() else cells.nth(hero).locator(".jp-Cell-outputArea").first
         area.scroll_into_view_if_needed()
         page.mouse.move(0, 0)  # no hover label in the picture
         time.sleep(0.5)

@@ -13,7 +13,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .style import QUALITATIVE, TEMPLATE, Colors, as_array, color, finish, int_ticks, mark_y, new_figure, rgba
+from .style import QUALITATIVE, TEMPLATE, Colors, as_array, color, finish, int_ticks, mark_y, new_figure, pretty, rgba
 
 __all__ = [
     "accuracy_bar_figure",
@@ -29,6 +29,14 @@ __all__ = [
 
 LAYER_TYPES = ("qkv", "proj", "fc1", "fc2")
 """Linear layer types of a timm ViT block, in the order the rank figure groups them."""
+
+
+def _category_labels(fig: go.Figure, names, axis: str = "x") -> None:
+    """Print category names with their maths (``"wudi (lr 1e-5)"`` -> ``"wudi (lr 10⁻⁵)"``), keeping the data."""
+    names = [str(n) for n in names]
+    shown = [pretty(n) for n in names]
+    if shown != names:
+        fig.layout[f"{axis}axis"].update(tickmode="array", tickvals=names, ticktext=shown)
 
 
 def _mean_std(name, v):
@@ -68,6 +76,7 @@ def accuracy_bar_figure(results, *, base: float | None = None, experts: float | 
     pad = max(1.0, 0.1 * (hi - lo))
     fig.update_yaxes(range=[lo - pad, hi + pad])
     fig.update_layout(showlegend=False)
+    _category_labels(fig, names)
     return finish(fig)
 
 
@@ -97,6 +106,7 @@ def published_comparison_figure(ours, published=None, *, title: str = "Ours agai
     fig.update_layout(barmode="group", showlegend=bool(shown))
     values = [float(v) for v in ours.values()] + [float(published[n]) for n in shown]
     fig.update_yaxes(range=[0, max(values) * 1.15 + 1])
+    _category_labels(fig, names)
     return finish(fig)
 
 
