@@ -20,16 +20,19 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -c "import swudi_lab, timm, torch; print('swudi_lab ready: torch', torch.__version__, '| timm', timm.__version__)"
 	touch $(STAMP)
 
-# Headless Chromium for the notebooks' browser check (tests/test_notebooks_browser.py).
-# Installed from Debian's packages when missing and the system allows it (root + apt-get);
-# otherwise the check says why it skips.
-browser:
+# Headless Chromium for the live-JupyterLab check of the notebooks (tests/test_notebooks_jupyterlab.py,
+# tools/jupyterlab_check.py), driven by the playwright package (installed by `make setup`) with
+# Debian's chromium: no browser download. Installed from Debian's packages when missing and the
+# system allows it (root + apt-get); otherwise the check says why it skips (under CI it fails).
+browser: setup
 	@if command -v chromium >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo "installing Debian's chromium for the browser check ..."; \
+	  echo "installing Debian's chromium for the live JupyterLab check ..."; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
-	  || echo "warning: could not install chromium; the browser check will skip"; \
-	else echo "note: chromium missing and apt-get unavailable; the browser check will skip"; fi
+	  || echo "warning: could not install chromium; the live JupyterLab check will skip"; \
+	else echo "note: chromium missing and apt-get unavailable; the live JupyterLab check will skip"; fi
+	@$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install --quiet -c constraints.txt playwright \
+	  || echo "warning: could not install playwright; the live JupyterLab check will skip"
 
 # The fast demo: the shipped seed 0, every method on the whole test splits, accuracy vs kappa, the report.
 demo: setup
@@ -42,7 +45,7 @@ study: setup
 toy-demo: setup
 	$(PY) -m swudi_lab.cli demo --toy
 
-# Unit and behaviour tests (incl. the headless-browser check of the notebooks) and every
+# Unit and behaviour tests (incl. the live-JupyterLab check of the notebooks in headless Chromium) and every
 # notebook top to bottom through nbval (lax: outputs are not compared; the notebooks' asserts are).
 test: setup browser
 	$(PY) -m pytest -q --nbval-lax --nbval-current-env tests notebooks

@@ -1,6 +1,6 @@
 """The course notebooks as files: each ``.ipynb`` paired with its jupytext percent script ``.py``,
 in sync, stored without outputs, Colab-ready, each with an explorer and checked numbers. (Fast:
-nothing is executed; nbval and tests/test_notebooks_browser.py run them.) The checks are
+nothing is executed; nbval and tests/test_notebooks_jupyterlab.py run them.) The checks are
 ``tools/notebooks.py --check``, usable on any directory of paired notebooks."""
 
 from __future__ import annotations

@@ -195,11 +195,11 @@ def test_inverse_problem_explorer_all_modes():
         return filtered_solve(A, b_noisy, tikhonov(lambda_c)).numpy()
 
     exp = inverse_problem_explorer(A, x_true=x, noise=1e-2, filter="tikhonov", lambda_c=1e-3, mode="widgets")
-    assert exp.figure.data[0].name == "truth x_true"
+    assert exp.figure.data[0].name == "truth x<sub>true</sub>"  # legends print maths (viz.style.pretty)
     np.testing.assert_allclose(exp.figure.data[1].y, expected(1e-3), rtol=1e-6, atol=1e-9)
     exp.controls["lambda_c"].value = 1e-2
     np.testing.assert_allclose(exp.figure.data[1].y, expected(1e-2), rtol=1e-6, atol=1e-9)
-    assert exp.figure.data[1].name == "tikhonov(alpha=0.01)"
+    assert exp.figure.data[1].name == "tikhonov(α=0.01)"
     exp.controls["filter"].value = "exponential"
     assert exp.figure.data[1].name == "exponential(t=100)"
 
@@ -246,9 +246,11 @@ def test_filters_explorer_all_modes():
     mean = LAM.mean()
     asc = np.sort(LAM)
     exp = filters_explorer(LAM, kappa=1.0, ratio=0.5, mode="widgets")
-    np.testing.assert_allclose(exp.figure.data[0].y, exponential(1.0 / mean)(asc))
+    x = np.asarray(exp.figure.data[0].x)  # the exponential: a fine grid through every eigenvalue
+    assert np.isin(asc, x).all()
+    np.testing.assert_allclose(exp.figure.data[0].y, exponential(1.0 / mean)(x))
     exp.controls["kappa"].value = 10.0
-    np.testing.assert_allclose(exp.figure.data[0].y, exponential(10.0 / mean)(asc))
+    np.testing.assert_allclose(exp.figure.data[0].y, exponential(10.0 / mean)(x))
     assert exp.figure.data[1].name == "top_k(k=8)"  # ceil(0.5 * 16)
     exp.controls["rule"].value = "participation_sqrt"
     K = choose_rank(LAM, "participation_sqrt")
@@ -268,7 +270,7 @@ def test_filters_explorer_all_modes():
     assert static.data[1].name == f"top_k(k={choose_rank(LAM, 'stable_rank')})"
     sl = filters_explorer(LAM, mode="plotly-sliders", fallback_grid={"kappa": [1.0, 10.0]})
     assert [f.name for f in sl.frames] == ["kappa=1", "kappa=10"]
-    np.testing.assert_allclose(sl.frames[1].data[0].y, exponential(10.0 / mean)(asc))
+    np.testing.assert_allclose(sl.frames[1].data[0].y, exponential(10.0 / mean)(np.asarray(sl.frames[1].data[0].x)))
     custom = filters_explorer(LAM, rule="half", rules={"half": lambda lam: len(lam) // 2}, mode="static")
     assert custom.data[1].name == "top_k(k=8)"
 

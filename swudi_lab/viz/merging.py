@@ -13,7 +13,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .style import TEMPLATE, as_array, color, mark_y, new_figure, rgba
+from .style import QUALITATIVE, TEMPLATE, Colors, as_array, color, finish, int_ticks, mark_y, new_figure, pretty, rgba
 
 __all__ = [
     "accuracy_bar_figure",
@@ -29,6 +29,14 @@ __all__ = [
 
 LAYER_TYPES = ("qkv", "proj", "fc1", "fc2")
 """Linear layer types of a timm ViT block, in the order the rank figure groups them."""
+
+
+def _category_labels(fig: go.Figure, names, axis: str = "x") -> None:
+    """Print category names with their maths (``"wudi (lr 1e-5)"`` -> ``"wudi (lr 10⁻⁵)"``), keeping the data."""
+    names = [str(n) for n in names]
+    shown = [pretty(n) for n in names]
+    if shown != names:
+        fig.layout[f"{axis}axis"].update(tickmode="array", tickvals=names, ticktext=shown)
 
 
 def _mean_std(name, v):
@@ -52,7 +60,8 @@ def accuracy_bar_figure(results, *, base: float | None = None, experts: float | 
     stats = [_mean_std(f"results[{n!r}]", results[n]) for n in names]
     means, stds, counts = zip(*stats)
     fig = new_figure(title, "method", "average accuracy (%)")
-    fig.add_trace(go.Bar(x=names, y=means, name="accuracy", marker_color=[color(n) for n in names],
+    colors = Colors()
+    fig.add_trace(go.Bar(x=names, y=means, name="accuracy", marker_color=[colors(n) for n in names],
                          error_y=dict(type="data", array=stds, visible=any(s > 0 for s in stds)),
                          customdata=np.c_[stds, counts],
                          text=[f"{m:.2f}" for m in means], textposition="outside",
@@ -67,7 +76,8 @@ def accuracy_bar_figure(results, *, base: float | None = None, experts: float | 
     pad = max(1.0, 0.1 * (hi - lo))
     fig.update_yaxes(range=[lo - pad, hi + pad])
     fig.update_layout(showlegend=False)
-    return fig
+    _category_labels(fig, names)
+    return finish(fig)
 
 
 def published_comparison_figure(ours, published=None, *, title: str = "Ours against the published numbers",
@@ -83,8 +93,9 @@ def published_comparison_figure(ours, published=None, *, title: str = "Ours agai
     published = dict(published or {})
     names = list(ours)
     fig = new_figure(title, "method", y_title)
+    colors = Colors()
     fig.add_trace(go.Bar(x=names, y=[float(ours[n]) for n in names], name="swudi_lab (measured)",
-                         marker_color=[color(n) for n in names], text=[f"{float(ours[n]):.1f}" for n in names],
+                         marker_color=[colors(n) for n in names], text=[f"{float(ours[n]):.1f}" for n in names],
                          textposition="outside", hovertemplate="%{x}<br>ours=%{y:.2f}<extra></extra>"))
     shown = [n for n in names if n in published]
     if shown:
@@ -95,7 +106,8 @@ def published_comparison_figure(ours, published=None, *, title: str = "Ours agai
     fig.update_layout(barmode="group", showlegend=bool(shown))
     values = [float(v) for v in ours.values()] + [float(published[n]) for n in shown]
     fig.update_yaxes(range=[0, max(values) * 1.15 + 1])
-    return fig
+    _category_labels(fig, names)
+    return finish(fig)
 
 
 def task_heatmap_figure(table, *, title: str = "Accuracy per task (%)", y_title: str = "method",
@@ -126,7 +138,7 @@ def task_heatmap_figure(table, *, title: str = "Accuracy per task (%)", y_title:
                              hovertemplate=f"{y_title}=%{{y}}<br>task=%{{x}}<br>{value}=%{{z:.2f}}<extra></extra>"))
     fig.update_yaxes(autorange="reversed", showgrid=False)
     fig.update_xaxes(showgrid=False)
-    return fig
+    return finish(fig)
 
 
 def accuracy_curve_figure(curves, *, x_title: str = "scale-free time kappa = t N / d_in",
@@ -148,6 +160,7 @@ def accuracy_curve_figure(curves, *, x_title: str = "scale-free time kappa = t N
     if not curves:
         raise ValueError("curves is empty")
     fig = new_figure(title, x_title, y_title, log_x=log_x)
+    colors = Colors()
     for name, xy in curves.items():
         if len(xy) != 2:
             raise ValueError(f"curves[{name!r}] must be a pair (x, y)")
@@ -158,7 +171,7 @@ def accuracy_curve_figure(curves, *, x_title: str = "scale-free time kappa = t N
             raise ValueError(f"curves[{name!r}]: y must be ({x.size},) or (seeds, {x.size}), got {y.shape}")
         mean = y2.mean(0)
         std = y2.std(0, ddof=1) if y2.shape[0] > 1 else np.zeros_like(mean)
-        c = color(name)
+        c = colors(name)
         if y2.shape[0] > 1:
             fig.add_trace(go.Scatter(x=np.r_[x, x[::-1]], y=np.r_[mean + std, (mean - std)[::-1]],
                                      fill="toself", fillcolor=rgba(c, 0.18), line=dict(width=0), mode="lines",
@@ -168,10 +181,10 @@ def accuracy_curve_figure(curves, *, x_title: str = "scale-free time kappa = t N
                                  hovertemplate="x=%{x:.4g}<br>accuracy=%{y:.2f} ± %{customdata:.2f}<extra>"
                                  + name + "</extra>"))
     for name, v in (references or {}).items():
-        mark_y(fig, float(v), f"{name} {float(v):.2f}", color(name))
+        mark_y(fig, float(v), f"{name} {float(v):.2f}", colors(name))
     if current is not None:
         mark_x(fig, float(current), f"{current:.4g}", "#444")
-    return fig
+    return finish(fig)
 
 
 def adam_steps_figure(steps, accuracy, closed_form: float, *, references=None, name: str = "WUDI (Adam)",
@@ -223,7 +236,7 @@ def layer_ranks_figure(ranks, d_in=None, *,
     fig = new_figure(title, "block index", "K / d_in" if rel else "chosen rank K")
     dashes = {"qkv": "solid", "proj": "dot", "fc1": "dash", "fc2": "dashdot"}
     symbols = {"qkv": "circle", "proj": "square", "fc1": "diamond", "fc2": "triangle-up"}
-    palette = {"qkv": "#1f77b4", "proj": "#ff7f0e", "fc1": "#2ca02c", "fc2": "#d62728"}
+    palette = dict(zip(LAYER_TYPES, QUALITATIVE))  # four colour-blind-safe colours, one per layer type
     for kind in [*LAYER_TYPES, "other"]:
         if kind not in groups:
             continue
@@ -237,7 +250,8 @@ def layer_ranks_figure(ranks, d_in=None, *,
     if rel:
         top = max(y for pts in groups.values() for _, y, *_ in pts)
         fig.update_yaxes(range=[0, max(1.05, 1.05 * top)])
-    return fig
+    int_ticks(fig, "x", [p[0] for pts in groups.values() for p in pts])  # blocks are integers
+    return finish(fig)
 
 
 def pareto_front(times, accs):
@@ -251,11 +265,22 @@ def pareto_front(times, accs):
     return front
 
 
-def pareto_figure(points, *, title: str = "Accuracy vs merge time: the Pareto front") -> go.Figure:
+SYMBOLS = ("circle", "square", "diamond", "triangle-up", "triangle-down", "pentagon", "hexagon", "star",
+           "cross", "x", "star-triangle-up", "hourglass")
+"""Marker symbols cycled over the points of a scatter, so points stay apart without colour too."""
+
+
+def pareto_figure(points, *, x_range=None, y_range=None,
+                  title: str = "Accuracy vs merge time: the Pareto front") -> go.Figure:
     """Scatter of methods in (merge time in seconds, log x; accuracy) with the Pareto front drawn.
+
+    Each method is one marker (its own colour and symbol) named in the legend, in the order of
+    ``points``: labels next to the points would pile up where methods are close.
 
     Args:
         points: dict ``method -> (seconds, accuracy)``.
+        x_range, y_range: fixed axis ranges (seconds and %; the x range in seconds, not log10), so
+            that an explorer's redraws keep the axes still; default: fitted to the points.
     """
     if not points:
         raise ValueError("points is empty")
@@ -270,15 +295,28 @@ def pareto_figure(points, *, title: str = "Accuracy vs merge time: the Pareto fr
     front = pareto_front(times, accs)
     fig.add_trace(go.Scatter(x=times[front], y=accs[front], mode="lines", name="Pareto front",
                              line=dict(color="#999", dash="dash", shape="hv"), hoverinfo="skip"))
-    for n, t, a in zip(names, times, accs):
-        fig.add_trace(go.Scatter(x=[t], y=[a], mode="markers+text", name=n, text=[n], textposition="top center",
-                                 marker=dict(color=color(n), size=13, line=dict(color="white", width=1)),
+    colors = Colors()
+    for i, (n, t, a) in enumerate(zip(names, times, accs)):
+        fig.add_trace(go.Scatter(x=[t], y=[a], mode="markers", name=n,
+                                 marker=dict(color=colors(n), size=13, symbol=SYMBOLS[i % len(SYMBOLS)],
+                                             line=dict(color="white", width=1)),
                                  hovertemplate=f"{n}<br>time=%{{x:.3g}} s<br>accuracy=%{{y:.2f}}<extra></extra>"))
-    return fig
+    if x_range is not None:
+        lo, hi = (float(v) for v in x_range)
+        if not 0 < lo < hi:
+            raise ValueError(f"x_range must be (lo, hi) seconds with 0 < lo < hi, got {x_range!r}")
+        fig.update_xaxes(range=[np.log10(lo), np.log10(hi)], autorange=False)
+    if y_range is not None:
+        fig.update_yaxes(range=[float(v) for v in y_range], autorange=False)
+    fig.update_layout(legend=dict(title=dict(text="method")))
+    return finish(fig)
 
 
 def cost_bars_figure(costs, *, title: str = "Cost of merging: wall-clock time and peak memory") -> go.Figure:
-    """Two bar panels per method: merge time (s, log y) and peak memory (MiB).
+    """Two panels of horizontal bars, one bar per method: merge time (s, log x) and peak memory (MiB).
+
+    The methods are named once, on the left, read horizontally: long names are never rotated,
+    cut or overlapping the next panel.
 
     Args:
         costs: dict ``method -> {"time": seconds, "memory": MiB}`` (``memory`` may be missing/None).
@@ -292,14 +330,24 @@ def cost_bars_figure(costs, *, title: str = "Cost of merging: wall-clock time an
     times = [float(costs[n]["time"]) for n in names]
     mems = [costs[n].get("memory") for n in names]
     mems = [float("nan") if m is None else float(m) for m in mems]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["merge time (s)", "peak memory (MiB)"])
-    colors = [color(n) for n in names]
-    fig.add_trace(go.Bar(x=names, y=times, name="time", marker_color=colors, text=[f"{t:.3g}" for t in times],
-                         textposition="outside", hovertemplate="%{x}<br>time=%{y:.3g} s<extra></extra>"), 1, 1)
-    fig.add_trace(go.Bar(x=names, y=mems, name="peak memory", marker_color=colors,
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["merge time (s)", "peak memory (MiB)"], shared_yaxes=True,
+                        horizontal_spacing=0.06)
+    pick = Colors()
+    colors = [pick(n) for n in names]
+    fig.add_trace(go.Bar(y=names, x=times, orientation="h", name="time", marker_color=colors,
+                         text=[f"{t:.3g}" for t in times], textposition="outside", cliponaxis=False,
+                         hovertemplate="%{y}<br>time=%{x:.3g} s<extra></extra>"), 1, 1)
+    fig.add_trace(go.Bar(y=names, x=mems, orientation="h", name="peak memory", marker_color=colors,
                          text=[("" if np.isnan(m) else f"{m:.0f}") for m in mems], textposition="outside",
-                         hovertemplate="%{x}<br>peak memory=%{y:.4g} MiB<extra></extra>"), 1, 2)
-    fig.update_yaxes(type="log", title_text="seconds (log)", row=1, col=1)
-    fig.update_yaxes(title_text="MiB", row=1, col=2)
-    fig.update_layout(template=TEMPLATE, title=title, showlegend=False, height=420)
-    return fig
+                         cliponaxis=False, hovertemplate="%{y}<br>peak memory=%{x:.4g} MiB<extra></extra>"), 1, 2)
+    pos = [t for t in times if t > 0]
+    if pos:  # room for the labels right of the bars
+        fig.update_xaxes(type="log", range=[np.log10(min(pos)) - 0.3, np.log10(max(pos)) + 0.6], row=1, col=1)
+    else:
+        fig.update_xaxes(type="log", row=1, col=1)
+    fig.update_xaxes(title_text="seconds (log)", row=1, col=1)
+    finite = [m for m in mems if np.isfinite(m)]
+    fig.update_xaxes(title_text="MiB", range=[0, 1.2 * max(finite) if finite and max(finite) > 0 else 1], row=1, col=2)
+    fig.update_yaxes(autorange="reversed", row=1, col=1)  # in the order given, top to bottom
+    fig.update_layout(template=TEMPLATE, title=title, showlegend=False, height=max(360, 140 + 34 * len(names)))
+    return finish(fig)

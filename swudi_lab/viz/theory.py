@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from .style import DASHES, as_array, color, log_safe, mark_x, new_figure
+from .style import DASHES, Colors, as_array, color, finish, int_ticks, log_safe, mark_x, new_figure
 
 __all__ = [
     "filter_factors_figure",
@@ -29,6 +29,7 @@ def _label(filt) -> str:
 
 
 def filter_factors_figure(filters, lam=None, *, eigenvalues=None, n_points: int = 400,
+                          eigenvalues_name: str = "lambda_k",
                           title: str = "Filter factors f(lambda): how much of each eigen-direction is solved"
                           ) -> go.Figure:
     """Filter factors ``f(lambda)`` of several filters on one ``lambda`` axis (log x).
@@ -43,6 +44,8 @@ def filter_factors_figure(filters, lam=None, *, eigenvalues=None, n_points: int 
             if given (the factors a real C actually gets: top-K depends on the spectrum),
             else a log grid over ``[1e-6, 10]``.
         eigenvalues: optional (d,) eigenvalues of a real C, drawn as a rug at ``f = 0``.
+        eigenvalues_name: what the rug's eigenvalues are, for its legend entry: ``"lambda_k"``
+            (default), ``"of C"`` for a merge layer, ``"sigma_k^2 of A"`` for ``A x = b``.
         n_points: size of the default grid.
     """
     if hasattr(filters, "label") or callable(filters) and not isinstance(filters, dict):
@@ -54,30 +57,44 @@ def filter_factors_figure(filters, lam=None, *, eigenvalues=None, n_points: int 
     if not items:
         raise ValueError("filters is empty")
     eig = None if eigenvalues is None else np.sort(as_array("eigenvalues", eigenvalues))
+    on_eigenvalues = False
     if lam is None:
         if eig is not None and (eig > 0).any():
-            lam = eig[eig > 0]
+            lam, on_eigenvalues = eig[eig > 0], True
         else:
             lam = np.logspace(-6, 1, n_points)
+    dense = None
+    if on_eigenvalues and lam is not None and lam.size > 1:
+        # A filter of lambda alone (it has a slope at 0: Landweber, exponential, Tikhonov) is drawn as
+        # the curve it is, on a fine grid over the spectrum: joined only at the eigenvalues it would
+        # be a straight ramp across a gap of the spectrum.
+        dense = np.union1d(np.logspace(np.log10(lam.min()), np.log10(lam.max()), n_points), lam)
     lam = as_array("lam", lam)
     order = np.argsort(lam, kind="stable")  # factors given as arrays follow lam's order
     lam = lam[order]
     fig = new_figure(title, "eigenvalue lambda", "filter factor f(lambda)", log_x=True)
+    colors = Colors()
     for i, (name, f) in enumerate(items):
-        y = as_array(f"filters[{name!r}]", f(lam) if callable(f) else f)
-        if y.shape != lam.shape:
-            raise ValueError(f"filters[{name!r}] has {y.shape} factors, lam has {lam.shape}")
+        pointwise = callable(f) and getattr(f, "slope0", None) is not None
+        x = dense if (pointwise and dense is not None) else lam
+        y = as_array(f"filters[{name!r}]", f(x) if callable(f) else f)
+        if y.shape != x.shape:
+            raise ValueError(f"filters[{name!r}] has {y.shape} factors, lam has {x.shape}")
         if not callable(f):
             y = y[order]
-        fig.add_trace(go.Scatter(x=lam, y=y, name=name, mode="lines", line=dict(color=color(name), width=2.5, dash=DASHES[i % len(DASHES)]),
+        # a filter that depends on the spectrum (top-K, SWUDI) is known at the eigenvalues only:
+        # drawn as steps between them, never as a ramp across a gap
+        shape = "hv" if (callable(f) and not pointwise and on_eigenvalues) else "linear"
+        fig.add_trace(go.Scatter(x=x, y=y, name=name, mode="lines",
+                                 line=dict(color=colors(name), width=2.5, dash=DASHES[i % len(DASHES)], shape=shape),
                                  hovertemplate="lambda=%{x:.3g}<br>f(lambda)=%{y:.3f}<extra>" + name + "</extra>"))
     if eig is not None:
         fig.add_trace(go.Scatter(x=log_safe(eig), y=np.full(eig.shape, -0.04), mode="markers",
-                                 name=f"eigenvalues of C (d={eig.size})",
+                                 name=f"eigenvalues {eigenvalues_name} (d={eig.size})",
                                  marker=dict(symbol="line-ns-open", size=10, color="rgba(0,0,0,0.45)"),
                                  hovertemplate="lambda=%{x:.3g}<extra>eigenvalue</extra>"))
     fig.update_yaxes(range=[-0.08, 1.08])
-    return fig
+    return finish(fig)
 
 
 def picard_figure(sigma, beta, *, noise_level: float | None = None,
@@ -110,7 +127,8 @@ def picard_figure(sigma, beta, *, noise_level: float | None = None,
         fig.add_hline(y=float(noise_level), line=dict(color="#999", dash="dash"))
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=f"noise level {noise_level:.3g}",
                                  line=dict(color="#999", dash="dash")))
-    return fig
+    int_ticks(fig, "x", k)
+    return finish(fig)
 
 
 def spectra_figure(spectra, *, normalize: bool = False, ranks=None, fraction: bool = False,
@@ -133,6 +151,7 @@ def spectra_figure(spectra, *, normalize: bool = False, ranks=None, fraction: bo
     x_title = "k / d_in" if fraction else "index k (descending lambda)"
     fig = new_figure(title or ("Normalized spectra of C" if normalize else "Spectra of C"),
                      x_title, y_title, log_y=True)
+    colors = Colors()
     for name, lam in spectra.items():
         lam = np.sort(as_array(f"spectra[{name!r}]", lam))[::-1]
         if normalize:
@@ -143,16 +162,25 @@ def spectra_figure(spectra, *, normalize: bool = False, ranks=None, fraction: bo
         d = lam.size
         k = np.arange(1, d + 1) / (d if fraction else 1)
         fig.add_trace(go.Scatter(x=k, y=log_safe(lam), name=name, mode="lines",
-                                 line=dict(color=color(name), width=2),
+                                 line=dict(color=colors(name), width=2),
                                  hovertemplate="k=%{x:.3g}<br>lambda=%{y:.3g}<extra>" + name + "</extra>"))
+    # Each K is a vertical line named in the legend (labels at the top would overprint when the Ks
+    # are close): in its spectrum's colour when several spectra have one, else in its rule's.
+    rule_colors = Colors()
     for spec_name, marks in _rank_marks(ranks, spectra):
         d = np.asarray(spectra[spec_name]).size if spec_name else None
+        several = bool(spec_name) and len(spectra) > 1
         for i, (k_name, K) in enumerate(marks.items()):
             x = K / d if (fraction and d) else K
-            text = f"{k_name}: K={K}" + (f" ({spec_name})" if spec_name and len(spectra) > 1 else "")
-            mark_x(fig, x, text, color(k_name) if k_name.lower() not in ("k",) else "#444",
-                   dash=["dot", "dash", "dashdot", "longdash"][i % 4])
-    return fig
+            text = f"{k_name}: K = {K}" + (f" ({spec_name})" if several else "")
+            c = colors(spec_name) if several else ("#444" if k_name.lower() == "k" else rule_colors(k_name))
+            dash = ["dot", "dash", "dashdot", "longdash"][i % 4]
+            mark_x(fig, x, "", c, dash=dash)
+            fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=text,
+                                     line=dict(color=c, dash=dash, width=1.5), hoverinfo="skip"))
+    if not fraction:
+        int_ticks(fig, "x", [1, max(np.asarray(v).size for v in spectra.values())])
+    return finish(fig)
 
 
 def _rank_marks(ranks, spectra):
@@ -183,13 +211,14 @@ def error_curve_figure(curves, *, x_title: str = "gradient steps n", y_title: st
     if not curves:
         raise ValueError("curves is empty")
     fig = new_figure(title, x_title, y_title, log_x=log_x, log_y=log_y)
+    colors = Colors()
     for j, (name, xy) in enumerate(curves.items()):
         if len(xy) != 2:
             raise ValueError(f"curves[{name!r}] must be a pair (x, err)")
         x, y = as_array(f"curves[{name!r}] x", xy[0]), as_array(f"curves[{name!r}] err", xy[1])
         if x.shape != y.shape:
             raise ValueError(f"curves[{name!r}]: x has shape {x.shape}, err {y.shape}")
-        c = color(name)
+        c = colors(name)
         fig.add_trace(go.Scatter(x=x, y=y, name=name, mode="lines", line=dict(color=c, width=2.5,
                                                                               dash=DASHES[j % len(DASHES)]),
                                  hovertemplate=x_title + "=%{x:.4g}<br>" + y_title + "=%{y:.4g}<extra>"
@@ -201,7 +230,7 @@ def error_curve_figure(curves, *, x_title: str = "gradient steps n", y_title: st
                                      hovertemplate=f"best {x_title}={x[i]:.4g}<br>{y_title}={y[i]:.4g}<extra></extra>"))
     if current is not None:
         mark_x(fig, float(current), f"current {current:.4g}", "#444")
-    return fig
+    return finish(fig)
 
 
 def l_curve_figure(residual_norms, solution_norms, *, params=None, param_name: str = "alpha",
@@ -229,6 +258,7 @@ def l_curve_figure(residual_norms, solution_norms, *, params=None, param_name: s
     fig.add_trace(go.Scatter(x=log_safe(r), y=log_safe(s), customdata=p, mode="lines+markers", name="L-curve",
                              line=dict(color="#444", width=2), marker=dict(size=4), hovertemplate=hover))
     points = dict(chosen or {})
+    colors = Colors()
     if corner is not None:
         points = {"corner": corner, **points}
     for i, (name, idx) in enumerate(points.items()):
@@ -238,9 +268,9 @@ def l_curve_figure(residual_norms, solution_norms, *, params=None, param_name: s
         label = f"{name}" + (f" ({param_name}={p[idx]:.3g})" if p is not None else "")
         fig.add_trace(go.Scatter(x=[r[idx]], y=[s[idx]], mode="markers", name=label,
                                  marker=dict(symbol=["star", "diamond", "square", "triangle-up", "cross"][i % 5],
-                                             size=14, color=color(name), line=dict(color="white", width=1)),
+                                             size=14, color=colors(name), line=dict(color="white", width=1)),
                                  hovertemplate=label + "<br>residual=%{x:.3g}<br>||x||=%{y:.3g}<extra></extra>"))
-    return fig
+    return finish(fig)
 
 
 def empirical_factors_figure(lam, factors, t_eff=None, *,
@@ -268,11 +298,12 @@ def empirical_factors_figure(lam, factors, t_eff=None, *,
     grid = np.logspace(np.log10(max(lam[lam > 0].min(), 1e-12)) if (lam > 0).any() else -6,
                        np.log10(max(lam.max(), 1e-12)), 300)
     fig = new_figure(title, "eigenvalue lambda", "filter factor f(lambda)", log_x=True)
+    colors = Colors()
     for name, f in factors.items():
         f = as_array(f"factors[{name!r}]", f)
         if f.shape != lam.shape:
             raise ValueError(f"factors[{name!r}] has shape {f.shape}, lam has {lam.shape}")
-        c = color(name)
+        c = colors(name)
         fig.add_trace(go.Scatter(x=log_safe(lam[order]), y=f[order], mode="markers", name=f"{name} (measured)",
                                  marker=dict(color=c, size=5, opacity=0.6),
                                  hovertemplate="lambda=%{x:.3g}<br>f=%{y:.3f}<extra>" + name + "</extra>"))
@@ -282,7 +313,7 @@ def empirical_factors_figure(lam, factors, t_eff=None, *,
                                      name=f"1 - exp(-lambda t_eff), t_eff={t:.4g}",
                                      line=dict(color=c, width=2.5, dash="dash"),
                                      hovertemplate="lambda=%{x:.3g}<br>f=%{y:.3f}<extra>t_eff=" + f"{t:.4g}</extra>"))
-    return fig
+    return finish(fig)
 
 
 def noise_amplification_figure(lam, coeffs, filters=None, *,
@@ -312,15 +343,17 @@ def noise_amplification_figure(lam, coeffs, filters=None, *,
     if filters is not None:
         items = filters.items() if isinstance(filters, dict) else [(_label(f), f) for f in
                                                                    (filters if isinstance(filters, (list, tuple)) else [filters])]
+        colors = Colors()
+        colors("pseudoinverse")
         for name, f in items:
             fk = as_array(f"filters[{name!r}]", f(lam) if callable(f) else np.asarray(f)[order])
             fig.add_trace(go.Scatter(x=safe, y=log_safe(fk * c / safe), mode="markers", name=name,
-                                     marker=dict(color=color(name), size=6, symbol="x"),
+                                     marker=dict(color=colors(name), size=6, symbol="x"),
                                      hovertemplate="lambda=%{x:.3g}<br>f |D q|/lambda=%{y:.3g}<extra>" + name + "</extra>"))
-    return fig
+    return finish(fig)
 
 
-def solutions_figure(x_true, solutions, *, grid=None,
+def solutions_figure(x_true, solutions, *, grid=None, y_title: str = "x_j",
                      title: str = "Solutions vs the truth") -> go.Figure:
     """A true solution and one or several reconstructions on one axis.
 
@@ -328,10 +361,13 @@ def solutions_figure(x_true, solutions, *, grid=None,
         x_true: (n,) true solution (drawn black), or ``None``.
         solutions: dict ``name -> (n,)`` (e.g. ``{"pseudoinverse": x_pinv, "tikhonov(alpha=1e-3)": x_f}``).
         grid: optional (n,) abscissa (default: index ``0..n-1``).
+        y_title: the y axis (default ``"x_j"``; e.g. ``"b_i"`` for data).
+
+    Every curve has its own colour and dash (a solution on top of another stays visible).
     """
     if not solutions and x_true is None:
         raise ValueError("solutions is empty and x_true is None")
-    fig = new_figure(title, "position" if grid is not None else "component j", "x_j")
+    fig = new_figure(title, "position" if grid is not None else "component j", y_title)
     n = None
     if x_true is not None:
         xt = as_array("x_true", x_true)
@@ -348,8 +384,13 @@ def solutions_figure(x_true, solutions, *, grid=None,
         fig.add_trace(go.Scatter(x=g, y=xt, name="truth x_true", mode="lines",
                                  line=dict(color=color("truth"), width=3),
                                  hovertemplate="j=%{x}<br>x_true=%{y:.4g}<extra></extra>"))
-    for name, x in solutions.items():
+    colors = Colors()
+    if x_true is not None:
+        colors("truth")
+    for i, (name, x) in enumerate(solutions.items()):
         fig.add_trace(go.Scatter(x=g, y=as_array(name, x), name=name, mode="lines",
-                                 line=dict(color=color(name), width=2),
+                                 line=dict(color=colors(name), width=2, dash=DASHES[(i + (x_true is not None)) % len(DASHES)]),
                                  hovertemplate="j=%{x}<br>x=%{y:.4g}<extra>" + name + "</extra>"))
-    return fig
+    if grid is None:
+        int_ticks(fig, "x", [0, n - 1])
+    return finish(fig)

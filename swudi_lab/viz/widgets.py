@@ -46,7 +46,8 @@ import plotly.graph_objects as go
 MODES = ("widgets", "plotly-sliders", "static")
 ENV_VAR = "SWUDI_LAB_WIDGETS"
 
-__all__ = ["MODES", "ENV_VAR", "in_colab", "resolve_mode", "setup_notebook", "Explorer", "explore", "default_grid"]
+__all__ = ["MODES", "ENV_VAR", "in_colab", "resolve_mode", "setup_notebook", "Explorer", "explore", "default_grid",
+           "fit_labels", "readout"]
 
 
 def in_colab() -> bool:
@@ -87,6 +88,55 @@ def setup_notebook(renderer: str | None = None) -> str:
     return device
 
 
+def readout(value, digits: int = 3) -> str:
+    """A number as a readout a student reads: ``1000 -> "1000"``, ``13.541666 -> "13.5"``,
+    ``0.00123 -> "0.00123"``, ``1.3e-05 -> "1.3·10⁻⁵"``, ``True -> "True"``.
+
+    Integers (and floats that are integers, up to 10^6) print without decimals or exponent; other
+    numbers with ``digits`` significant digits, plain between 10^-3 and 10^5, else as a power of ten.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return str(value)
+    v = float(value)
+    if not math.isfinite(v):
+        return str(v)
+    if v == int(v) and abs(v) < 1e6:
+        return str(int(v))
+    if 1e-3 <= abs(v) < 1e5:
+        return f"{v:.{digits}g}"
+    mant, exp = f"{v:.{max(digits - 1, 0)}e}".split("e")
+    mant = mant.rstrip("0").rstrip(".")
+    sup = str(int(exp)).translate(str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹"))
+    return ("" if mant == "1" else f"{mant}·") + f"10{sup}"
+
+
+def fit_labels(controls) -> list:
+    """Controls that read well; returns the widgets to lay out in their place.
+
+    Every description takes the width it needs (``description_width = "initial"``), so a label
+    such as ``eta*lam_max`` is never cut to ``eta*lam_…``, and prints its maths
+    (:func:`swudi_lab.viz.style.pretty`: ``η·λ<sub>max</sub>``). A log slider's readout (d3's ``.3g``
+    prints ``1.00e+3`` for 1000) is replaced by a label that shows :func:`readout` of its value.
+    """
+    out = []
+    for w in controls:
+        style = getattr(w, "style", None)
+        if getattr(w, "description", "") and style is not None and hasattr(style, "description_width"):
+            style.description_width = "initial"
+            if hasattr(w, "description_allow_html"):  # maths as maths: eta*lam_max -> η·λ_max
+                from .style import pretty
+
+                w.description, w.description_allow_html = pretty(w.description), True
+        if isinstance(w, widgets.FloatLogSlider) and w.readout:
+            w.readout = False
+            label = widgets.Label(readout(w.value), layout=widgets.Layout(min_width="4em"))
+            w.observe(lambda change, label=label: setattr(label, "value", readout(change["new"])), names="value")
+            out.append(widgets.HBox([w, label]))
+        else:
+            out.append(w)
+    return out
+
+
 def _value(control):
     return control.value if hasattr(control, "value") else control
 
@@ -106,7 +156,8 @@ class Explorer(widgets.VBox):
         live = [w for w in controls.values() if isinstance(w, widgets.Widget)]
         for w in live:
             w.observe(self._on_change, names="value")
-        super().__init__([widgets.HBox(live, layout=widgets.Layout(flex_flow="row wrap")), self.output])
+        row = fit_labels(live)
+        super().__init__([widgets.HBox(row, layout=widgets.Layout(flex_flow="row wrap")), self.output])
         self.redraw()
 
     @property
