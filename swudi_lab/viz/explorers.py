@@ -345,11 +345,11 @@ def filters_explorer(lam, *, n_tasks: int | None = None, kappa: float = 3.0, rat
         right = spectra_figure({"lambda": lam}, normalize=True, ranks=marks, title="spectrum and chosen K")
         right.update_yaxes(range=spec_range)
         n_txt = f", N = {n_tasks}" if n_tasks else ""
-        return side_by_side([left, right], title=f"κ = {kappa:.2g} (t = {t:.3g}{n_txt}, d_in = {d}): "
+        return side_by_side([left, right], title=f"κ = {kappa:.3g} (t = {t:.3g}{n_txt}, d_in = {d}): "
                                                  f"SWUDI K = {K_r} (r = {ratio:.2f}), top-K K = {K} ({rule})")
 
     controls = {
-        "kappa": _log_slider("κ = t N / d_in", kappa, 1e-2, 1e3, steps=100, readout_format=".2g"),
+        "kappa": _log_slider("κ = t N / d_in", kappa, 1e-2, 1e3, steps=100, readout_format=".3g"),
         "ratio": widgets.FloatSlider(value=ratio, min=0.01, max=1.0, step=0.01, description="ratio r (SWUDI)",
                                      continuous_update=False, readout_format=".2f", style=_WIDE),
         "rule": widgets.Dropdown(options=options, value=rule, description="K rule (top-K)", style=_WIDE),
