@@ -43,6 +43,33 @@ def cutoff_filter(name: str, lambda_c: float, lam) -> F.Filter:
     return F.FILTERS[name].cutoff(lambda_c, lam)
 
 
+def dense_factors(filters: dict, lam, n_points: int = 400):
+    """Filter factors on a dense log grid over a spectrum, for drawing: ``(x, {label: f(x)})``.
+
+    ``x`` is ``n_points`` log-spaced values over the positive eigenvalues, merged with the
+    eigenvalues themselves, so a smooth filter (exponential, Tikhonov) is drawn with its shape across
+    the spectrum's gaps instead of as straight segments between eigenvalues. A filter with a top-K part
+    (``top_k``, ``swudi``: parameters ``k`` or ``ratio``) keeps its K of *this* spectrum: its cut is
+    ``1[x >= lambda_K]`` (``lambda_K`` the K-th largest eigenvalue), times ``1 - exp(-x t)`` for SWUDI.
+    On the eigenvalues the values equal ``filter(lam)``.
+    """
+    lam = np.sort(as_array("lam", lam))[::-1]
+    pos = lam[lam > 0]
+    if pos.size == 0:
+        raise ValueError("lam has no positive eigenvalue")
+    x = np.unique(np.concatenate([np.logspace(math.log10(pos.min()), math.log10(pos.max()), n_points), pos]))
+    out = {}
+    for label, f in filters.items():
+        params = getattr(f, "params", {})
+        if "k" in params or "ratio" in params:
+            K = max(1, int((np.asarray(f(pos)) > 0).sum()))
+            soft = -np.expm1(-x * params["t"]) if "t" in params else 1.0
+            out[label] = soft * (x >= pos[K - 1])
+        else:
+            out[label] = np.asarray(f(x), dtype=float)
+    return x, out
+
+
 # ------------------------------------------------------------------ toy problems ------------
 
 
