@@ -153,6 +153,18 @@ def _lin_range(values, pad: float = 0.08) -> list:
     return [lo - pad * span, hi + pad * span]
 
 
+def _anchored(grid, value) -> list:
+    """``grid`` with its element nearest to ``value`` (in log distance for positive grids) replaced by
+    ``value``: the plotly-slider fallback then opens exactly where the widget explorer does."""
+    grid = [float(g) for g in grid]
+    value = float(value)
+    if value in grid:
+        return grid
+    dist = (lambda g: abs(math.log(g / value))) if value > 0 and all(g > 0 for g in grid) else (lambda g: abs(g - value))
+    i = min(range(len(grid)), key=lambda j: dist(grid[j]))
+    return sorted(grid[:i] + [value] + grid[i + 1:])
+
+
 def name_eigenvalues(fig, name: str):
     """Rename the eigenvalue rug of a :func:`~swudi_lab.viz.theory.filter_factors_figure` (its legend
     says "eigenvalues of C", right for a merge layer; a least-squares problem ``A x = b`` has the
@@ -208,8 +220,10 @@ def inverse_problem_explorer(A=None, b=None, x_true=None, *, problem="shaw", n: 
         "filter": widgets.Dropdown(options=cutoff_filters(), value=filter, description="filter"),
         "lambda_c": _log_slider("cutoff λ_c", lambda_c, lo, hi, steps=112, readout_format=".2g"),
     }
-    grid = fallback_grid or {"noise": [1e-3, 1e-2, 1e-1], "filter": ["tikhonov", "exponential", "top_k"],
-                             "lambda_c": list(np.logspace(math.log10(lo), math.log10(hi), 5))}
+    grid = fallback_grid or {"noise": _anchored([1e-3, 1e-2, 1e-1], controls["noise"].value),
+                             "filter": sorted({"tikhonov", "exponential", "top_k", filter}),
+                             "lambda_c": _anchored(np.logspace(math.log10(lo), math.log10(hi), 5),
+                                                   controls["lambda_c"].value)}
     return explore(make_figure, controls, mode=mode, fallback_grid=grid)
 
 
@@ -285,8 +299,9 @@ def gd_explorer(A=None, b=None, x_true=None, *, problem="shaw", n: int = 64, noi
                                         continuous_update=False, readout_format=".2f", style=_WIDE),
         "steps": _log_slider("steps n", steps, 1, max_steps, steps=100, readout_format=".0f"),
     }
-    grid = fallback_grid or {"eta_lmax": [0.5, 1.0, 1.9],
-                             "steps": [int(s) for s in np.unique(np.round(np.logspace(0, math.log10(max_steps), 9)))]}
+    grid = fallback_grid or {"eta_lmax": _anchored([0.5, 1.0, 1.9], controls["eta_lmax"].value),
+                             "steps": [int(round(s)) for s in _anchored(
+                                 np.unique(np.round(np.logspace(0, math.log10(max_steps), 9))), controls["steps"].value)]}
     return explore(make_figure, controls, mode=mode, fallback_grid=grid)
 
 
@@ -381,7 +396,8 @@ def filters_explorer(lam, *, n_tasks: int | None = None, kappa: float = 3.0, rat
                                      continuous_update=False, readout_format=".2f", style=_WIDE),
         "rule": widgets.Dropdown(options=options, value=rule, description="K rule (top-K)", style=_WIDE),
     }
-    grid = fallback_grid or {"kappa": [0.3, 1.0, 3.0, 10.0, 30.0, 100.0], "ratio": [0.25, 0.5, 0.65, 0.8, 1.0]}
+    grid = fallback_grid or {"kappa": _anchored([0.3, 1.0, 3.0, 10.0, 30.0, 100.0], controls["kappa"].value),
+                             "ratio": _anchored([0.25, 0.5, 0.65, 0.8, 1.0], controls["ratio"].value)}
     return explore(make_figure, controls, mode=mode, fallback_grid=grid)
 
 
