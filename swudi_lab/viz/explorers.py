@@ -284,14 +284,18 @@ def gd_explorer(A=None, b=None, x_true=None, *, problem="shaw", n: int = 64, noi
     def make_figure(eta_lmax, steps):
         eta, steps = eta_lmax / lmax, max(1, int(round(steps)))
         gd, flow = F.landweber(eta, steps), F.exponential(eta * steps)
-        left = name_eigenvalues(filter_factors_figure({gd.label: gd(lam), flow.label: flow(lam)}, lam=lam,
-                                                      eigenvalues=lam, title="n GD steps vs gradient flow t = ηn"),
-                                EIG_ATA)
+        # one name per curve in both panels, so the shared legend lists each once
+        GD, FLOW = "landweber (n GD steps)", "exponential (gradient flow, t = ηn)"
+        left = name_eigenvalues(filter_factors_figure({GD: gd(lam), FLOW: flow(lam)}, lam=lam, eigenvalues=lam,
+                                                      title=f"{gd.label} vs {flow.label}"), EIG_ATA)
         n_grid, err_gd, err_flow = curves_at(eta_lmax)
-        curves = {"landweber (GD)": (n_grid, err_gd), "exponential t = ηn": (n_grid, err_flow)}
-        right = error_curve_figure(curves, current=steps, log_y=True, y_title="‖x_n − x_true‖ / ‖x_true‖",
+        right = error_curve_figure({GD: (n_grid, err_gd), FLOW: (n_grid, err_flow)}, current=steps, log_y=True,
+                                   y_title="‖x_n − x_true‖ / ‖x_true‖",
                                    title="semiconvergence: the error falls, then rises")
         right.update_yaxes(range=y_range)
+        for tr in right.data:
+            if (tr.name or "").startswith("min of"):
+                tr.showlegend = False  # the stars explain themselves (hover: the best n)
         return side_by_side([left, right], title=f"η λ_max = {eta_lmax:.2f}, n = {steps}, t = ηn = {eta * steps:.3g}")
 
     controls = {
@@ -384,7 +388,7 @@ def filters_explorer(lam, *, n_tasks: int | None = None, kappa: float = 3.0, rat
         marks = {f"ratio r = {ratio:.2f} (SWUDI)": K_r}
         if rule != "ratio":
             marks[f"{rule} (top-K)"] = K
-        right = spectra_figure({"lambda": lam}, normalize=True, ranks=marks, title="spectrum and chosen K")
+        right = spectra_figure({"spectrum λ_k": lam}, normalize=True, ranks=marks, title="spectrum and chosen K")
         right.update_yaxes(range=spec_range)
         n_txt = f", N = {n_tasks}" if n_tasks else ""
         return side_by_side([left, right], title=f"κ = {kappa:.3g} (t = {t:.3g}{n_txt}, d_in = {d}): "
