@@ -17,7 +17,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/swudi-lab/swudi_lab/blob/main/notebooks/07_reproduce_the_paper.ipynb)
 #
-# **The claim.** The paper's spectral merges (IWUDI, SWUDI, SWUDI-A) of eight published CLIP experts
+# **The claim** (the paper's). Its spectral merges (IWUDI, SWUDI, SWUDI-A) of eight published CLIP experts
 # are as accurate as WUDI's 300 Adam steps, or slightly more, at a fraction of its merge time; this
 # notebook runs that benchmark and puts our numbers beside the published ones (the bar chart below). On a
 # machine without a GPU or network it runs the same pipeline on an offline stand-in, whose numbers test
