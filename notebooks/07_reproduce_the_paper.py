@@ -17,6 +17,12 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/swudi-lab/swudi_lab/blob/main/notebooks/07_reproduce_the_paper.ipynb)
 #
+# **The claim** (the paper's). Its spectral merges (IWUDI, SWUDI, SWUDI-A) of eight published CLIP experts
+# are as accurate as WUDI's 300 Adam steps, or slightly more, at a fraction of its merge time; this
+# notebook runs that benchmark and puts our numbers beside the published ones (the bar chart below). On a
+# machine without a GPU or network it runs the same pipeline on an offline stand-in, whose numbers test
+# the code, not the paper; the first line the run prints says which of the two it is.
+#
 # The paper's headline table merges eight CLIP ViT-B/32 experts, fine-tuned on SUN397, Stanford Cars,
 # RESISC45, EuroSAT, SVHN, GTSRB, MNIST and DTD and published on the Hugging Face hub
 # (`tanganke/clip-vit-base-patch32_<task>`), into the base `openai/clip-vit-base-patch32`. This
@@ -58,11 +64,16 @@ DEVICE = swudi_lab.setup_notebook()
 # `bench.run_clip_bench` fetches (or, for the stand-in, builds) the sources, builds one zero-shot head
 # per task — every class name in every one of the task's CLIP prompt templates through the base's text
 # tower, normalised, averaged, normalised again — merges the eight vision towers with every registry
-# method (preset `clip-vit-b32`: SWUDI `t = 1300`, `r = 0.65`; IWUDI `t = 300`; WUDI Adam `lr = 1e-5`,
-# 300 steps; SWUDI-A `participation_sqrt`), and scores every model on every test image, each image
-# decoded once for all models.
+# method (preset `clip-vit-b32`: SWUDI $t = 1300$, $r = 0.65$; IWUDI $t = 300$; WUDI Adam
+# $\text{lr} = 10^{-5}$, 300 steps; SWUDI-A `participation_sqrt`), and scores every model on every test
+# image, each image decoded once for all models. The published numbers quoted above are the library's
+# table `bench.PUBLISHED`; the cell checks that they agree.
 
 # %%
+QUOTED = {"zero-shot": 48.2, "experts": 90.3, "average": 66.5, "task_arithmetic": 68.0, "ties": 72.2,
+          "closed_form": 82.33, "wudi": 84.63, "iwudi": 85.10, "swudi": 85.55, "swudi_a": 85.53}  # the text above
+assert {k: v for k, (v, _) in bench.PUBLISHED["clip-vit-base-patch32"].items()} == QUOTED
+assert min(QUOTED[m] for m in ("iwudi", "swudi", "swudi_a")) >= QUOTED["wudi"]  # the claim, as published
 MODE = bench.run_mode(DEVICE)  # its line says which run this is: the published experts or the offline stand-in
 if MODE == "hub":
     config = bench.BenchConfig(device=DEVICE)
@@ -91,10 +102,14 @@ viz.published_comparison_figure(ours, published, title=title)
 # ## Accuracy against merge time
 #
 # One eigendecomposition per layer (closed form, IWUDI, SWUDI, SWUDI-A) against WUDI's 300 Adam
-# steps: the paper's claim is that the spectral methods are as accurate and many times faster.
+# steps: the paper's claim is that the spectral methods are as accurate and many times faster (with the
+# published experts, the cell checks the second half on our run).
 
 # %%
 points = {label: (row["seconds"], row["avg_acc"]) for label, row in table.items() if row.get("seconds")}
+if MODE == "hub" and "wudi" in points and "swudi" in points:
+    print(f"WUDI {points['wudi'][0]:.1f} s, SWUDI {points['swudi'][0]:.1f} s: {points['wudi'][0] / points['swudi'][0]:.1f}x")
+    assert points["swudi"][0] < points["wudi"][0], "the spectral merge is faster than WUDI's Adam"
 viz.pareto_figure(points, title="Accuracy against merge time")
 
 # %% [markdown]

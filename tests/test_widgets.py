@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import pytest
 
 import swudi_lab  # import order: before timm
-from swudi_lab.spectral import exponential, filtered_solve, landweber, tikhonov
+from swudi_lab.spectral import exponential, filtered_solve, landweber, tikhonov, top_k
 from swudi_lab.spectral.rank_rules import RANK_RULES, choose_rank
 from swudi_lab.viz import (
     Explorer,
@@ -246,16 +246,23 @@ def test_filters_explorer_all_modes():
     mean = LAM.mean()
     asc = np.sort(LAM)
     exp = filters_explorer(LAM, kappa=1.0, ratio=0.5, mode="widgets")
-    x = np.asarray(exp.figure.data[0].x)  # the exponential: a fine grid through every eigenvalue
-    assert np.isin(asc, x).all()
+    x = np.asarray(exp.figure.data[0].x)
+    assert x.size > 10 * LAM.size and set(asc) <= set(x)  # a dense grid through the eigenvalues
     np.testing.assert_allclose(exp.figure.data[0].y, exponential(1.0 / mean)(x))
     exp.controls["kappa"].value = 10.0
     np.testing.assert_allclose(exp.figure.data[0].y, exponential(10.0 / mean)(x))
     assert exp.figure.data[1].name == "top_k(k=8)"  # ceil(0.5 * 16)
+    on_eig = np.isin(x, asc)
+    np.testing.assert_allclose(np.asarray(exp.figure.data[1].y)[on_eig], top_k(k=8)(asc))
     exp.controls["rule"].value = "participation_sqrt"
     K = choose_rank(LAM, "participation_sqrt")
     assert exp.figure.data[1].name == f"top_k(k={K})"
     assert sorted(s.x0 for s in exp.figure.layout.shapes) == sorted([8, K])
+    swudi_before = np.asarray(exp.figure.data[2].y)
+    exp.controls["ratio"].value = 0.25  # the ratio moves SWUDI's curve, whatever the rule
+    assert "k=4" in exp.figure.data[2].name  # ceil(0.25 * 16)
+    assert not np.allclose(np.asarray(exp.figure.data[2].y), swudi_before)
+    assert exp.figure.data[1].name == f"top_k(k={K})"
     assert "wudi_risk_scalefree" not in exp.controls["rule"].options  # needs rhs_energy
     assert "gavish_donoho_authors" not in exp.controls["rule"].options  # needs d_out
     with_rhs = filters_explorer(LAM, rhs_energy=LAM, mode="widgets").controls["rule"].options

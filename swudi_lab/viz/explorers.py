@@ -43,6 +43,33 @@ def cutoff_filter(name: str, lambda_c: float, lam) -> F.Filter:
     return F.FILTERS[name].cutoff(lambda_c, lam)
 
 
+def dense_factors(filters: dict, lam, n_points: int = 400):
+    """Filter factors on a dense log grid over a spectrum, for drawing: ``(x, {label: f(x)})``.
+
+    ``x`` is ``n_points`` log-spaced values over the positive eigenvalues, merged with the
+    eigenvalues themselves, so a smooth filter (exponential, Tikhonov) is drawn with its shape across
+    the spectrum's gaps instead of as straight segments between eigenvalues. A filter with a top-K part
+    (``top_k``, ``swudi``: parameters ``k`` or ``ratio``) keeps its K of *this* spectrum: its cut is
+    ``1[x >= lambda_K]`` (``lambda_K`` the K-th largest eigenvalue), times ``1 - exp(-x t)`` for SWUDI.
+    On the eigenvalues the values equal ``filter(lam)``.
+    """
+    lam = np.sort(as_array("lam", lam))[::-1]
+    pos = lam[lam > 0]
+    if pos.size == 0:
+        raise ValueError("lam has no positive eigenvalue")
+    x = np.unique(np.concatenate([np.logspace(math.log10(pos.min()), math.log10(pos.max()), n_points), pos]))
+    out = {}
+    for label, f in filters.items():
+        params = getattr(f, "params", {})
+        if "k" in params or "ratio" in params:
+            K = max(1, int((np.asarray(f(pos)) > 0).sum()))
+            soft = -np.expm1(-x * params["t"]) if "t" in params else 1.0
+            out[label] = soft * (x >= pos[K - 1])
+        else:
+            out[label] = np.asarray(f(x), dtype=float)
+    return x, out
+
+
 # ------------------------------------------------------------------ toy problems ------------
 
 
@@ -97,11 +124,58 @@ def _noisy(b, noise, seed):
     return b + noise * np.sqrt(np.mean(b**2)) * e
 
 
-def _log_slider(description, value, lo, hi):
+_WIDE = {"description_width": "initial"}  # the whole label, never cut to "eta*lam_..."
+
+
+def _log_slider(description, value, lo, hi, *, steps: int = 60, readout_format: str = ".3g"):
+    """A log slider over ``[lo, hi]`` in ``steps`` equal log steps (one step: a factor ``(hi/lo)^(1/steps)``)."""
     lo, hi = math.log10(lo), math.log10(hi)
     v = min(max(value, 10**lo), 10**hi)
-    return widgets.FloatLogSlider(value=v, base=10, min=lo, max=hi, step=(hi - lo) / 40,
-                                  description=description, continuous_update=False, readout_format=".3g")
+    return widgets.FloatLogSlider(value=v, base=10, min=lo, max=hi, step=(hi - lo) / steps,
+                                  description=description, continuous_update=False, readout_format=readout_format,
+                                  style=_WIDE)
+
+
+def _log_range(values, pad: float = 0.08) -> list:
+    """A fixed log10 axis range covering the finite positive ``values`` (so axes stay put while exploring)."""
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v) & (v > 0)]
+    lo, hi = float(np.log10(v.min())), float(np.log10(v.max()))
+    span = max(hi - lo, 0.1)
+    return [lo - pad * span, hi + pad * span]
+
+
+def _lin_range(values, pad: float = 0.08) -> list:
+    v = np.asarray(values, dtype=float).ravel()
+    v = v[np.isfinite(v)]
+    lo, hi = float(v.min()), float(v.max())
+    span = max(hi - lo, 1e-9)
+    return [lo - pad * span, hi + pad * span]
+
+
+def _anchored(grid, value) -> list:
+    """``grid`` with its element nearest to ``value`` (in log distance for positive grids) replaced by
+    ``value``: the plotly-slider fallback then opens exactly where the widget explorer does."""
+    grid = [float(g) for g in grid]
+    value = float(value)
+    if value in grid:
+        return grid
+    dist = (lambda g: abs(math.log(g / value))) if value > 0 and all(g > 0 for g in grid) else (lambda g: abs(g - value))
+    i = min(range(len(grid)), key=lambda j: dist(grid[j]))
+    return sorted(grid[:i] + [value] + grid[i + 1:])
+
+
+def name_eigenvalues(fig, name: str):
+    """Rename the eigenvalue rug of a :func:`~swudi_lab.viz.theory.filter_factors_figure` (its legend
+    says "eigenvalues of C", right for a merge layer; a least-squares problem ``A x = b`` has the
+    eigenvalues ``lambda_k = sigma_k^2`` of ``A^T A`` instead). Returns ``fig``."""
+    for tr in fig.data:
+        if getattr(tr, "mode", None) == "markers" and tr.marker.symbol == "line-ns-open":
+            tr.name = name
+    return fig
+
+
+EIG_ATA = "λ_k = σ_k² (eigenvalues of AᵀA)"
 
 
 # --------------------------------------------------------------- (1) inverse problem --------
@@ -125,6 +199,8 @@ def inverse_problem_explorer(A=None, b=None, x_true=None, *, problem="shaw", n: 
     pos = lam[lam > 0]
     lo, hi = max(pos.min(), pos.max() * 1e-14), pos.max()
     lambda_c = lambda_c if lambda_c is not None else math.sqrt(lo * hi)
+    span = float(x_true.max() - x_true.min()) or 1.0
+    y_range = [float(x_true.min()) - 0.6 * span, float(x_true.max()) + 0.6 * span]
 
     def make_figure(noise, filter, lambda_c):
         beta = U.T @ _noisy(b, noise, seed)
@@ -133,22 +209,59 @@ def inverse_problem_explorer(A=None, b=None, x_true=None, *, problem="shaw", n: 
         x_f = V @ (f * beta / np.where(sigma > 0, sigma, 1))
         err = np.linalg.norm(x_f - x_true) / np.linalg.norm(x_true)
         left = solutions_figure(x_true, {filt.label: x_f}, title="solution x_f vs truth")
-        right = filter_factors_figure({filt.label: f}, lam=lam, eigenvalues=lam,
-                                      title="filter factors f(lambda) on lambda = sigma^2")
-        return side_by_side([left, right], title=f"noise {noise:.3g}, {filt.label}: relative error "
-                                                 f"||x_f - x_true|| / ||x_true|| = {err:.3g}")
+        left.update_yaxes(range=y_range)  # fixed: a blown-up solution leaves the frame, the axes stay
+        right = name_eigenvalues(filter_factors_figure({filt.label: f}, lam=lam, eigenvalues=lam,
+                                                       title="filter factors f(λ) on λ = σ²"), EIG_ATA)
+        return side_by_side([left, right], title=f"noise {noise:.2g}, {filt.label}: relative error "
+                                                 f"‖x_f − x_true‖ / ‖x_true‖ = {err:.3g}")
 
     controls = {
-        "noise": _log_slider("noise", noise, 1e-4, 1.0),
+        "noise": _log_slider("noise", noise, 1e-4, 1.0, steps=40, readout_format=".2g"),
         "filter": widgets.Dropdown(options=cutoff_filters(), value=filter, description="filter"),
-        "lambda_c": _log_slider("lambda_c", lambda_c, lo, hi),
+        "lambda_c": _log_slider("cutoff λ_c", lambda_c, lo, hi, steps=112, readout_format=".2g"),
     }
-    grid = fallback_grid or {"noise": [1e-3, 1e-2, 1e-1], "filter": ["tikhonov", "exponential", "top_k"],
-                             "lambda_c": list(np.logspace(math.log10(lo), math.log10(hi), 5))}
+    grid = fallback_grid or {"noise": _anchored([1e-3, 1e-2, 1e-1], controls["noise"].value),
+                             "filter": sorted({"tikhonov", "exponential", "top_k", filter}),
+                             "lambda_c": _anchored(np.logspace(math.log10(lo), math.log10(hi), 5),
+                                                   controls["lambda_c"].value)}
     return explore(make_figure, controls, mode=mode, fallback_grid=grid)
 
 
 # ----------------------------------------------------------------- (2) GD as a filter --------
+
+
+def gd_error_curves(A=None, b=None, x_true=None, *, problem="shaw", n: int = 64, noise: float = 1e-2,
+                    eta_lmax: float = 1.0, max_steps: int = 100_000, seed: int = 0, n_points: int = 60):
+    """The error curves :func:`gd_explorer` draws: ``(n_grid, err_landweber, err_exponential)``.
+
+    ``err[j] = ||x_n - x_true|| / ||x_true||`` after ``n = n_grid[j]`` GD steps of size
+    ``eta = eta_lmax / lambda_max`` on ``A^T A x = A^T b_noisy`` from 0 (Landweber), and for the
+    gradient flow at ``t = eta n`` (exponential); ``b_noisy`` as in the explorer (``noise``, ``seed``).
+    A notebook uses it to check that the explorer's semiconvergence minimum is interior.
+    """
+    A, b, x_true, U, sigma, V = _problem(A, b, x_true, problem, n)
+    return _gd_curves(U, sigma, V, b, x_true, noise, seed, max_steps, n_points)(eta_lmax)
+
+
+def _gd_curves(U, sigma, V, b, x_true, noise, seed, max_steps, n_points=60):
+    lam = sigma**2
+    lmax = float(lam.max())
+    beta = U.T @ _noisy(b, noise, seed)
+    coef = beta / np.where(sigma > 0, sigma, 1)  # pseudoinverse coefficients u_k^T b / sigma_k
+    proj = V.T @ x_true
+    perp2 = max(float(x_true @ x_true - proj @ proj), 0.0)
+    norm = float(np.linalg.norm(x_true)) or 1.0
+    n_grid = np.unique(np.round(np.logspace(0, math.log10(max_steps), n_points)).astype(int))
+
+    def errors(factors):  # ||V (f c) - x_true|| / ||x_true|| for each row of factors
+        return np.sqrt(((factors * coef - proj) ** 2).sum(-1) + perp2) / norm
+
+    def curves(eta_lmax):
+        eta = eta_lmax / lmax
+        return (n_grid, errors(1 - (1 - eta * lam[None]) ** n_grid[:, None]),
+                errors(-np.expm1(-lam[None] * eta * n_grid[:, None])))
+
+    return curves
 
 
 def gd_explorer(A=None, b=None, x_true=None, *, problem="shaw", n: int = 64, noise: float = 1e-2,
@@ -157,38 +270,42 @@ def gd_explorer(A=None, b=None, x_true=None, *, problem="shaw", n: int = 64, noi
     """Gradient descent as a filter: step ``eta`` (as ``eta lambda_max``) and steps ``n`` sliders.
 
     Left: the Landweber factors ``1 - (1 - eta lambda)^n`` (exactly n GD steps on
-    ``A^T A x = A^T b`` from 0) against the exponential ``1 - exp(-lambda eta n)``. Right: the error
-    ``||x_n - x_true||`` vs n (semiconvergence) with the current n and the best n marked.
+    ``A^T A x = A^T b`` from 0) against the exponential ``1 - exp(-lambda eta n)``. Right: the
+    relative error ``||x_n - x_true|| / ||x_true||`` vs n (semiconvergence) with the current n and the
+    best n marked (:func:`gd_error_curves`). The error axis is fixed over the whole slider range.
     """
     A, b, x_true, U, sigma, V = _problem(A, b, x_true, problem, n)
     lam = sigma**2
     lmax = float(lam.max())
-    beta = U.T @ _noisy(b, noise, seed)
-    coef = beta / np.where(sigma > 0, sigma, 1)  # pseudoinverse coefficients u_k^T b / sigma_k
-    proj = V.T @ x_true
-    perp2 = max(float(x_true @ x_true - proj @ proj), 0.0)
-    n_grid = np.unique(np.round(np.logspace(0, math.log10(max_steps), 60)).astype(int))
-
-    def errors(factors):  # ||V (f c) - x_true|| for each row of factors
-        return np.sqrt(((factors * coef - proj) ** 2).sum(-1) + perp2)
+    curves_at = _gd_curves(U, sigma, V, b, x_true, noise, seed, max_steps)
+    lo_eta, hi_eta = 0.05, 1.95
+    y_range = _log_range(np.concatenate([np.concatenate(curves_at(e)[1:]) for e in (lo_eta, 1.0, hi_eta)]))
 
     def make_figure(eta_lmax, steps):
         eta, steps = eta_lmax / lmax, max(1, int(round(steps)))
         gd, flow = F.landweber(eta, steps), F.exponential(eta * steps)
-        left = filter_factors_figure({gd.label: gd(lam), flow.label: flow(lam)}, lam=lam,
-                                     eigenvalues=lam, title="n GD steps vs gradient flow t = eta n")
-        curves = {"landweber (GD)": (n_grid, errors(1 - (1 - eta * lam[None]) ** n_grid[:, None])),
-                  "exponential t = eta n": (n_grid, errors(-np.expm1(-lam[None] * eta * n_grid[:, None])))}
-        right = error_curve_figure(curves, current=steps, log_y=True, title="semiconvergence")
-        return side_by_side([left, right], title=f"eta lambda_max = {eta_lmax:.3g}, n = {steps}, t = eta n = {eta * steps:.3g}")
+        # one name per curve in both panels, so the shared legend lists each once
+        GD, FLOW = "landweber (n GD steps)", "exponential (gradient flow, t = ηn)"
+        left = name_eigenvalues(filter_factors_figure({GD: gd(lam), FLOW: flow(lam)}, lam=lam, eigenvalues=lam,
+                                                      title=f"{gd.label} vs {flow.label}"), EIG_ATA)
+        n_grid, err_gd, err_flow = curves_at(eta_lmax)
+        right = error_curve_figure({GD: (n_grid, err_gd), FLOW: (n_grid, err_flow)}, current=steps, log_y=True,
+                                   y_title="‖x_n − x_true‖ / ‖x_true‖",
+                                   title="semiconvergence: the error falls, then rises")
+        right.update_yaxes(range=y_range)
+        for tr in right.data:
+            if (tr.name or "").startswith("min of"):
+                tr.showlegend = False  # the stars explain themselves (hover: the best n)
+        return side_by_side([left, right], title=f"η λ_max = {eta_lmax:.2f}, n = {steps}, t = ηn = {eta * steps:.3g}")
 
     controls = {
-        "eta_lmax": widgets.FloatSlider(value=eta_lmax, min=0.05, max=1.95, step=0.05, description="eta*lam_max",
-                                        continuous_update=False),
-        "steps": _log_slider("steps n", steps, 1, max_steps),
+        "eta_lmax": widgets.FloatSlider(value=eta_lmax, min=lo_eta, max=hi_eta, step=0.05, description="η λ_max",
+                                        continuous_update=False, readout_format=".2f", style=_WIDE),
+        "steps": _log_slider("steps n", steps, 1, max_steps, steps=100, readout_format=".0f"),
     }
-    grid = fallback_grid or {"eta_lmax": [0.5, 1.0, 1.9],
-                             "steps": [int(s) for s in np.unique(np.round(np.logspace(0, math.log10(max_steps), 9)))]}
+    grid = fallback_grid or {"eta_lmax": _anchored([0.5, 1.0, 1.9], controls["eta_lmax"].value),
+                             "steps": [int(round(s)) for s in _anchored(
+                                 np.unique(np.round(np.logspace(0, math.log10(max_steps), 9))), controls["steps"].value)]}
     return explore(make_figure, controls, mode=mode, fallback_grid=grid)
 
 
@@ -218,10 +335,12 @@ def filters_explorer(lam, *, n_tasks: int | None = None, kappa: float = 3.0, rat
                      fallback_grid: dict | None = None):
     """Filters and rank rules on a given spectrum: ``kappa`` (time), ``ratio r`` and a rank-rule dropdown.
 
-    ``t = kappa / mean(lambda)`` (``= kappa d_in / N`` since ``trace(C) = N``). ``K`` comes from the
-    rule (``"ratio"``: ``K = ceil(r d_in)``; otherwise ``rules[name](lambda)``, by default the
-    :mod:`swudi_lab.spectral.rank_rules` registry). Left: exponential(t), top-K and SWUDI factors
-    on the spectrum; right: the normalized spectrum with ``K`` marked.
+    ``t = kappa / mean(lambda)`` (``= kappa d_in / N`` since ``trace(C) = N``). SWUDI's filter
+    ``(1 - exp(-lambda t)) topK`` takes ``K = ceil(r d_in)`` from the ratio slider; the top-K filter
+    (SWUDI-A's) takes its ``K`` from the rule (``"ratio"``: the same ``ceil(r d_in)``; otherwise
+    ``rules[name](lambda)``, by default the :mod:`swudi_lab.spectral.rank_rules` registry). Left: the
+    exponential(t), top-K and SWUDI factors, drawn on a dense ``lambda`` grid over the spectrum (the
+    eigenvalues as a rug); right: the normalized spectrum with both ``K`` marked. Axes stay fixed.
 
     Args: ``lam`` (d_in,) eigenvalues of C; ``n_tasks`` N (only for labels); ``rules`` dict
     ``name -> callable(lambda) -> K`` to override the registry. The layer's rank-rule context
@@ -248,28 +367,41 @@ def filters_explorer(lam, *, n_tasks: int | None = None, kappa: float = 3.0, rat
     options = ["ratio", *rules]
     if rule not in options:
         raise ValueError(f"rule must be one of {options}, got {rule!r}")
+    pos = lam[lam > 0]
+    dense = np.logspace(math.log10(pos.min()), math.log10(pos.max()), 400) if pos.size else np.array([1.0])
+    spec_range = _log_range(lam / mean)
 
     def make_figure(kappa, ratio, rule):
         t = kappa_time(kappa, d, float(lam.sum()))  # trace = N: t = kappa d_in / N
-        K = math.ceil(ratio * d) if rule == "ratio" else min(d, max(1, _apply_rule(rules[rule], lam)))
-        filters = {F.exponential(t).label: F.exponential(t), F.top_k(k=K).label: F.top_k(k=K),
-                   F.swudi(t, k=K).label: F.swudi(t, k=K)}
-        left = filter_factors_figure(filters, eigenvalues=lam, title="factors on the spectrum")
-        marks = {f"ratio r={ratio:.2f}": math.ceil(ratio * d)}
+        K_r = F.swudi_count(d, ratio)  # SWUDI's K from the ratio r (it always follows the r slider)
+        K = K_r if rule == "ratio" else min(d, max(1, _apply_rule(rules[rule], lam)))  # the rule's K (top-K)
+        soft, hard, both = F.exponential(t), F.top_k(k=K), F.swudi(t, k=K_r)
+        # dense grid (and the eigenvalues themselves): the exponential's shape is drawn across gaps in
+        # the spectrum; a top-K factor is 1 at and above the K-th largest eigenvalue, 0 below.
+        x = np.unique(np.concatenate([dense, pos]))
+        cut = lambda k: (x >= lam[k - 1]).astype(float)
+        exp_f = -np.expm1(-x * t)
+        factors = {soft.label: exp_f, hard.label: cut(K), both.label: exp_f * cut(K_r)}
+        left = name_eigenvalues(filter_factors_figure(factors, lam=x, eigenvalues=lam,
+                                                      title="factors f(λ) on the spectrum"),
+                                f"eigenvalues of C (d_in = {d})")
+        marks = {f"ratio r = {ratio:.2f} (SWUDI)": K_r}
         if rule != "ratio":
-            marks[rule] = K
-        right = spectra_figure({"lambda": lam}, normalize=True, ranks=marks, title="spectrum and chosen K")
+            marks[f"{rule} (top-K)"] = K
+        right = spectra_figure({"spectrum λ_k": lam}, normalize=True, ranks=marks, title="spectrum and chosen K")
+        right.update_yaxes(range=spec_range)
         n_txt = f", N = {n_tasks}" if n_tasks else ""
-        return side_by_side([left, right], title=f"kappa = {kappa:.3g} (t = {t:.4g}{n_txt}, d_in = {d}), "
-                                                 f"K = {K} ({rule})")
+        return side_by_side([left, right], title=f"κ = {kappa:.3g} (t = {t:.3g}{n_txt}, d_in = {d}): "
+                                                 f"SWUDI K = {K_r} (r = {ratio:.2f}), top-K K = {K} ({rule})")
 
     controls = {
-        "kappa": _log_slider("kappa", kappa, 1e-2, 1e3),
-        "ratio": widgets.FloatSlider(value=ratio, min=0.05, max=1.0, step=0.05, description="ratio r",
-                                     continuous_update=False),
-        "rule": widgets.Dropdown(options=options, value=rule, description="K rule"),
+        "kappa": _log_slider("κ = t N / d_in", kappa, 1e-2, 1e3, steps=100, readout_format=".3g"),
+        "ratio": widgets.FloatSlider(value=ratio, min=0.01, max=1.0, step=0.01, description="ratio r (SWUDI)",
+                                     continuous_update=False, readout_format=".2f", style=_WIDE),
+        "rule": widgets.Dropdown(options=options, value=rule, description="K rule (top-K)", style=_WIDE),
     }
-    grid = fallback_grid or {"kappa": [0.3, 1.0, 3.0, 10.0, 30.0, 100.0], "ratio": [0.25, 0.5, 0.65, 0.8, 1.0]}
+    grid = fallback_grid or {"kappa": _anchored([0.3, 1.0, 3.0, 10.0, 30.0, 100.0], controls["kappa"].value),
+                             "ratio": _anchored([0.25, 0.5, 0.65, 0.8, 1.0], controls["ratio"].value)}
     return explore(make_figure, controls, mode=mode, fallback_grid=grid)
 
 
@@ -303,7 +435,8 @@ def _average(accs: dict) -> float:
 
 
 def merge_explorer(results, *, kappas=None, ratios=None, x_name: str = "kappa", references: dict | None = None,
-                   per_task: bool = True, mode: str | None = None, fallback_grid: dict | None = None):
+                   per_task: bool = True, x: float | None = None, ratio: float | None = None,
+                   mode: str | None = None, fallback_grid: dict | None = None):
     """Explore precomputed merge accuracies over (kappa or t, SWUDI ratio r).
 
     Args:
@@ -314,7 +447,10 @@ def merge_explorer(results, *, kappas=None, ratios=None, x_name: str = "kappa", 
         x_name: label of the first parameter (``"kappa"`` or ``"t"``).
         references: horizontal lines, e.g. ``{"closed form": 82.33, "WUDI": 84.63}``.
         per_task: also draw one thin curve per task.
-    Left: accuracy vs ``x_name`` at the selected ratio; right: accuracy vs ratio at the selected ``x_name``;
+        x, ratio: where the explorer opens (the nearest grid values; default the middle ``x`` and the
+            largest ratio). Pass the paper's setting, e.g. ``ratio=0.65``.
+    Readouts are rounded, and the accuracy axis is fixed over the whole table (and the references
+    that fall within 10 points of it), so moving a slider moves the curves, not the axes. Left: accuracy vs ``x_name`` at the selected ratio; right: accuracy vs ratio at the selected ``x_name``;
     the curve ``"task average"`` is the average accuracy (black), thin curves are single tasks.
     """
     table = _results_table(results, kappas, ratios)
@@ -331,17 +467,31 @@ def merge_explorer(results, *, kappas=None, ratios=None, x_name: str = "kappa", 
             out.update({task: ([p for p, _ in pts], [a[task] for _, a in pts]) for task in tasks})
         return out
 
+    values = [_average(a) for a in table.values()]
+    if per_task:
+        values += [a[t] for a in table.values() for t in tasks if t in a]
+    lo, hi = min(values), max(values)
+    refs = {k: float(v) for k, v in (references or {}).items() if lo - 10 <= float(v) <= hi + 10}
+    y_range = _lin_range(values + list(refs.values()))
+
     def make_figure(x, ratio):
         left = accuracy_curve_figure(curves([(k, (k, ratio)) for k in xs]), x_title=x_name, current=x,
-                                     references=references, title=f"accuracy vs {x_name} at r = {ratio:.3g}")
+                                     references=refs, title=f"accuracy vs {x_name} at r = {ratio:.2f}")
         right = accuracy_curve_figure(curves([(r, (x, r)) for r in rs]), x_title="SWUDI ratio r = K / d_in",
-                                      log_x=False, current=ratio, references=references,
+                                      log_x=False, current=ratio, references=refs,
                                       title=f"accuracy vs r at {x_name} = {x:.3g}")
+        for fig in (left, right):
+            fig.update_yaxes(range=y_range)
         avg = _average(table[(x, ratio)]) if (x, ratio) in table else float("nan")
-        return side_by_side([left, right], title=f"{x_name} = {x:.3g}, r = {ratio:.3g}: average accuracy {avg:.2f}")
+        return side_by_side([left, right], title=f"{x_name} = {x:.3g}, r = {ratio:.2f}: average accuracy {avg:.2f} %")
+
+    def nearest(v, options, default):
+        return default if v is None else min(options, key=lambda o: abs(o - float(v)))
 
     controls = {
-        "x": widgets.SelectionSlider(options=xs, value=xs[len(xs) // 2], description=x_name, continuous_update=False),
-        "ratio": widgets.SelectionSlider(options=rs, value=rs[-1], description="ratio r", continuous_update=False),
+        "x": widgets.SelectionSlider(options=[(f"{k:.3g}", k) for k in xs], value=nearest(x, xs, xs[len(xs) // 2]),
+                                     description=x_name, continuous_update=False, style=_WIDE),
+        "ratio": widgets.SelectionSlider(options=[(f"{r:.2f}", r) for r in rs], value=nearest(ratio, rs, rs[-1]),
+                                         description="ratio r", continuous_update=False, style=_WIDE),
     }
     return explore(make_figure, controls, mode=mode, fallback_grid=fallback_grid, max_frames=max(64, len(xs) * len(rs)))
