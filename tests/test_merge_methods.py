@@ -249,3 +249,45 @@ def test_reported_losses_are_the_proxy_loss(name, params, shape):
     assert info["loss_before"] == pytest.approx(float(wudi_loss(theta0, taus)), rel=1e-9)
     assert info["loss_after"] == pytest.approx(float(wudi_loss(delta, taus)), rel=1e-9)
     assert info["k"] >= 1
+
+
+SUBSPACE_RUNS = [
+    ("closed_form", {}), ("closed_form", {"init": "zero"}), ("iwudi", {}), ("iwudi", {"kappa": 3.0}),
+    ("swudi", {}), ("swudi", {"k": 7}), ("swudi", {"filter_type": "none"}), ("swudi", {"init": "zero"}),
+    ("swudi", {"alignment_rho": 0.5, "alignment_ref": 0.3, "filter_gamma": 0.98, "tikhonov_alpha": 1e-3}),
+    ("swudi", {"consensus_power": 1.0, "consensus_floor": 0.2}), ("swudi", {"output_exp_time": 30.0}),
+    ("swudi_a", {}), ("swudi_a", {"rank_rule": "entropy"}), ("swudi_a", {"rank_rule": "loss_kneedle"}),
+    ("swudi_a", {"rank_rule": "d_aware_participation_sqrt"}), ("swudi_a", {"rank_rule": "loss_elbow_0.99"}),
+    ("swudi_a", {"filter_type": "exponential", "t": 300.0}), ("swudi_a", {"filter_type": "wiener"}),
+    ("filtered", {"filter": "pseudoinverse", "alpha": None}), ("filtered", {"filter": "exponential", "t": 300.0, "alpha": None}),
+    ("filtered", {"filter": "top_k", "ratio": 0.5, "alpha": None}), ("filtered", {"filter": "swudi", "alpha": None}),
+    ("filtered", {"filter": "wiener", "alpha": None}), ("filtered", {"filter": "landweber", "eta": 1e-2, "n": 20, "alpha": None}),
+    ("filtered", {"filter": "tikhonov", "alpha": 1e-3})]
+
+
+@pytest.mark.parametrize("name, params", SUBSPACE_RUNS)
+@pytest.mark.parametrize("n, d_out, d_in, rank", [(3, 4, 40, 4), (4, 6, 30, 2), (2, 1, 9, 1)])
+def test_subspace_path_equals_the_dense_computation(monkeypatch, name, params, n, d_out, d_in, rank):
+    """N d_out < d_in: the small solve in the span of the task vectors' rows gives the dense merge and report
+    (float64 <= 1e-10 relative), and in float32 it is within 1e-5 of that float64 merge, for every spectral method."""
+    from swudi_lab.merge import methods
+
+    taus = task_stack(n=n, d_out=d_out, d_in=d_in, rank=rank)
+    small, si = run(name, taus, **params)
+    assert si["subspace"] <= n * d_out
+    monkeypatch.setattr(methods, "_use_subspace", lambda *shape: False)
+    dense, di = run(name, taus, **params)
+    assert "subspace" not in di
+    assert float((small - dense).norm() / dense.norm()) <= 1e-10
+    for key in ("loss_before", "loss_after", "lam_max", "participation", "n_live"):
+        assert si[key] == pytest.approx(di[key], rel=1e-9, abs=1e-12), key
+    # k counts f != 0: the dense spectrum's round-off "null" eigenvalues (~1e-17 > 0) count for filters with
+    # f(lambda) > 0 at every lambda > 0; the subspace path has exact zeros there. Only those may differ.
+    assert si["k"] <= di["k"] <= si["k"] + d_in - si["subspace"]
+    # float32: within 1e-5 of the float64 merge, or (ill-conditioned methods, where float32 itself is off)
+    # no further off than the dense float32 computation
+    err = lambda x: float((x.double() - dense).norm() / dense.norm())  # noqa: E731
+    small32, _ = run(name, taus.float(), **params)
+    monkeypatch.setattr(methods, "_use_subspace", lambda *shape: False)
+    dense32, _ = run(name, taus.float(), **params)
+    assert err(small32) <= max(1e-5, 1.5 * err(dense32)), (err(small32), err(dense32))

@@ -60,6 +60,7 @@ from ..registry import Doc, at_least_one, nonnegative, positive, unit_interval
 from ..spectral import (
     EIGEN_FLOOR,
     FILTERS,
+    Eig,
     Filter,
     eigenbasis_estimate,
     eigh,
@@ -67,6 +68,7 @@ from ..spectral import (
     interference_operator,
     layer_operator,
     numerical_rank_tolerance,
+    subspace_operator,
     kappa_time,
     live_count,
     loss_constant,
@@ -155,20 +157,30 @@ class LayerContext:
         self._projections = None
 
     def projections(self) -> torch.Tensor:
-        """``[D; theta0] V`` (2 d_out or d_out rows, d_in columns), computed once."""
+        """``[D; theta0] V`` (2 d_out or d_out rows, one column per computed eigenvector), computed once."""
         if self._projections is None:
             self._projections = self.op.rhs @ self.eig.vectors
         return self._projections
 
+    def _padded(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-direction values of the computed eigenvectors, 0 on the rest of the spectrum (the
+        subspace path: D and theta0 have no component outside the span)."""
+        return torch.cat([x, x.new_zeros(self.d_in - x.numel())]) if x.numel() < self.d_in else x
+
     def rhs_energy(self) -> torch.Tensor:
         """``||D q_k||^2`` per eigen-direction (d_in,)."""
-        return self.projections()[: self.d_out].pow(2).sum(0)
+        return self._padded(self.projections()[: self.d_out].pow(2).sum(0))
 
     def start_energy(self) -> torch.Tensor:
         """``||theta0 q_k||^2`` per eigen-direction (zeros for the zero init)."""
         if self.theta0 is None:
             return torch.zeros_like(self.eig.values)
-        return self.projections()[self.d_out:].pow(2).sum(0)
+        return self._padded(self.projections()[self.d_out:].pow(2).sum(0))
+
+
+def _use_subspace(N: int, d_out: int, d_in: int) -> bool:
+    """The small solve applies: C has rank <= N d_out < d_in (every eigenpair outside the span is 0)."""
+    return N * d_out < d_in
 
 
 def spectral_layer(taus: torch.Tensor, build_filter, *, init: str = "sum", scale: float = 1.0, post=None):
@@ -183,6 +195,12 @@ def spectral_layer(taus: torch.Tensor, build_filter, *, init: str = "sum", scale
     proxy losses from the eigenbasis (:func:`~swudi_lab.spectral.eigenbasis_estimate`). Memory
     O(d_in^2 + d_out d_in) beyond the task vectors.
 
+    When ``N d_out < d_in`` C has rank ``m <= N d_out``: :func:`~swudi_lab.spectral.subspace_operator`
+    takes its eigenpairs from an m x m matrix in the span of the task vectors' rows (the small solve,
+    O(d_in m^2 + m^3)); the filter sees the full spectrum (those m eigenvalues, then zeros), and the
+    directions outside the span contribute nothing, since D and the sum init have no component there
+    (equal to the dense computation; with the zero init too).
+
     Args:
         taus: (N, d_out, d_in) task vectors of one layer.
         build_filter: ``(layer: LayerContext) -> (Filter, extra_info)``, called once per layer.
@@ -194,24 +212,36 @@ def spectral_layer(taus: torch.Tensor, build_filter, *, init: str = "sum", scale
     Returns ``(delta (d_out, d_in), info)`` with the eigenvalue summary, filter label, number of
     kept directions ``k`` (f != 0), proxy loss before (at theta0) and after (at theta_f).
     """
-    op = layer_operator(taus, start=init == "sum")
+    N, d_out, d_in = taus.shape
+    subspace = _use_subspace(N, d_out, d_in)
+    op = (subspace_operator if subspace else layer_operator)(taus, start=init == "sum")
     if op.n_live == 0:
         return _zero_layer(taus)
-    eig = eigh(op.C)
+    if subspace:  # the spectrum of C: the m computed eigenvalues, then d_in - m exact zeros
+        eig = Eig(torch.cat([op.lam, op.lam.new_zeros(d_in - op.lam.numel())]), op.V)
+    else:
+        eig = eigh(op.C)
     layer = LayerContext(taus, op, eig)
     filt, extra = build_filter(layer)
     lam, V = eig
+    m = V.shape[1]
     f, f_over_lam = filter_factors(filt, lam, numerical_rank_tolerance(lam, EIGEN_FLOOR))
-    est = eigenbasis_estimate(lam, V, op.rhs, op.d_out, f, f_over_lam, projections=layer._projections,
+    est = eigenbasis_estimate(lam[:m], V, op.rhs, op.d_out, f[:m], f_over_lam[:m], projections=layer._projections,
                               losses=True)
     theta = est.theta
     loss_after = est.quad_after + op.const
     if post is not None:
         theta = post(theta)
-        loss_after = proxy_loss(theta, op.C, op.D, op.const)
+        if subspace:  # tr(theta C theta^T) = sum_k lam_k ||theta q_k||^2 over the span
+            loss_after = float((lam[:m] * (theta @ V).pow(2).sum(0)).sum() - 2 * (theta * op.D).sum()) + op.const
+        else:
+            loss_after = proxy_loss(theta, op.C, op.D, op.const)
     info = layer_summary(lam, op.n_live)
     info.update(extra)
-    info.update(filter=filt.label, k=est.k, loss_before=est.quad_before + op.const, loss_after=loss_after)
+    info.update(filter=filt.label, k=int((f != 0).sum()), loss_before=est.quad_before + op.const,
+                loss_after=loss_after)
+    if subspace:
+        info["subspace"] = m
     if scale != 1:
         theta.mul_(scale)
     return theta, info
@@ -546,6 +576,7 @@ def swudi_method(taus: torch.Tensor, *, name: str = "", t: Time = 1300.0, kappa:
             extra.update(t=tt, kappa=time_kappa(tt, d_in, n_live))
         if consensus_power > 0 and n_live > 1:
             c = consensus_factors(taus, eig.vectors, consensus_power, consensus_floor)
+            c = torch.cat([c, c.new_ones(d_in - c.numel())])  # subspace path: untouched directions get 1
             factors.append(_direction_filter("consensus", {"p": consensus_power, "phi": consensus_floor}, c))
             extra["consensus_min"] = float(c.min())
         factors.append(top_k(k=K))

@@ -19,7 +19,8 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["as_task_stack", "task_norms", "live_count", "interference_operator", "layer_operator", "LayerOperator", "wudi_loss", "quadratic_loss",
+__all__ = ["as_task_stack", "task_norms", "live_count", "interference_operator", "layer_operator", "LayerOperator", "subspace_operator",
+           "SubspaceOperator", "wudi_loss", "quadratic_loss",
            "loss_constant", "wudi_gradient", "sum_init", "kappa_time", "time_kappa"]
 
 
@@ -186,6 +187,60 @@ def layer_operator(taus: torch.Tensor, *, start: bool = False):
     if start:
         torch.sum(taus, 0, out=rhs[d_out:])
     return LayerOperator(C, rhs, n, len(live), float(const), d_out)
+
+
+class SubspaceOperator(NamedTuple):
+    """One layer's normal equation in the span of its task vectors' rows (:func:`subspace_operator`).
+
+    ``C = V_m diag(lam_m) V_m^T`` exactly, with ``V_m = Q W`` (d_in x m) orthonormal: every other
+    eigenvalue of C is 0 and ``D``, ``theta0`` (sum init) have no component there.
+    """
+
+    lam: torch.Tensor  # (m,) descending
+    V: torch.Tensor  # (d_in, m)
+    rhs: torch.Tensor  # (d_out or 2 d_out, d_in): [D; theta0]
+    norms: torch.Tensor
+    n_live: int
+    const: float
+    d_out: int
+
+    D = LayerOperator.D
+    theta0 = LayerOperator.theta0
+
+
+def subspace_operator(taus: torch.Tensor, *, start: bool = False) -> SubspaceOperator:
+    """C's eigenpairs from an m x m problem, ``m = N_live d_out < d_in``, and D (the small solve).
+
+    ``T`` stacks the live ``tau_i / sqrt(n_i)`` (m x d_in), so ``C = T^T T``: its range is the row
+    span of T. With the thin QR ``T^T = Q R`` (Q: d_in x m orthonormal), ``Q^T C Q = R R^T``
+    (m x m), whose eigenpairs ``W diag(lam) W^T`` give ``C = (Q W) diag(lam) (Q W)^T``: no d_in x d_in
+    matrix is formed. D and L(0) go through ``E_i = tau_i tau_i^T`` (d_out x d_out). Cost
+    O(d_in m^2 + m^3 + N d_out^2 d_in) instead of O(N d_out d_in^2 + d_in^3).
+    """
+    N, d_out, d_in = taus.shape
+    n = _squared_norms(taus)
+    if not bool(torch.isfinite(n).all()):
+        bad = [i for i in range(N) if not torch.isfinite(n[i])]
+        raise ValueError(f"task vectors of expert(s) {bad} contain NaN or Inf")
+    live = (n > 0).nonzero().flatten().tolist()
+    rhs = taus.new_zeros((2 if start else 1) * d_out, d_in)
+    D = rhs[:d_out]
+    const = taus.new_zeros(())
+    for i in live:
+        t, w = taus[i], 1.0 / float(n[i])
+        E = t @ t.T
+        D.addmm_(E, t, alpha=w)
+        const += E.pow(2).sum() * w
+    if start:
+        torch.sum(taus, 0, out=rhs[d_out:])
+    if not live:
+        return SubspaceOperator(taus.new_zeros(0), taus.new_zeros(d_in, 0), rhs, n, 0, 0.0, d_out)
+    Tt = torch.cat([taus[i].T / float(n[i]).__pow__(0.5) for i in live], dim=1)  # (d_in, m)
+    Q, R = torch.linalg.qr(Tt)  # Tt = Q R, Q (d_in, m)
+    del Tt
+    small = R @ R.T
+    lam, W = torch.linalg.eigh(0.5 * (small + small.T))
+    return SubspaceOperator(lam.flip(0), Q @ W.flip(1), rhs, n, len(live), float(const), d_out)
 
 
 def interference_operator(task_vectors, dtype: torch.dtype | None = None):
