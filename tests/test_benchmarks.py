@@ -94,3 +94,25 @@ def test_rank_rules_benchmark_on_a_micro_zoo(tmp_path, capsys):
                     "--no-references"]) == 0
     out = capsys.readouterr().out
     assert "gavish_donoho_authors" in out and "swudi_a (none)" in out and "swudi_a (participation_sqrt)" in out
+
+
+@pytest.mark.parametrize("method", ["swudi", "swudi_a", "closed_form"])
+@pytest.mark.parametrize("shape", [(24, 16), (16, 24)])
+def test_floor_benchmark_implementations_compute_the_library_merge(method, shape):
+    """benchmarks/floor.py's straightforward implementation and its floor compute swudi_lab's merge (float64),
+    so the benchmark times the same result three ways."""
+    import torch
+
+    from swudi_lab.merge import get_method, resolve_params
+    from swudi_lab.spectral import eigh, filter_factors, layer_operator, numerical_rank_tolerance, swudi, top_k
+
+    fl = _load("floor")
+    taus = fl.task_vectors(0, *shape, n=4, rank=3, dtype=torch.float64)
+    m = get_method(method)
+    ours, info = m.fn(taus, name="layer", **resolve_params(m, {}))
+    torch.testing.assert_close(fl.straightforward(taus, method), ours, rtol=1e-9, atol=1e-12)
+    lam = eigh(layer_operator(taus).C).values
+    filt = swudi(1300.0, k=info["k"]) if method == "swudi" else top_k(k=info["k"])
+    f, o = filter_factors(filt, lam, numerical_rank_tolerance(lam))
+    K = info["k"]
+    torch.testing.assert_close(fl.floor(taus, K, f[:K], o[:K]), ours, rtol=1e-9, atol=1e-12)

@@ -47,6 +47,7 @@ gradient at the sum init is zero so Adam does not move.
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import operator
 from dataclasses import replace
@@ -59,9 +60,15 @@ from ..registry import Doc, at_least_one, nonnegative, positive, unit_interval
 from ..spectral import (
     EIGEN_FLOOR,
     FILTERS,
+    Eig,
     Filter,
+    eigenbasis_estimate,
     eigh,
+    filter_factors,
     interference_operator,
+    layer_operator,
+    numerical_rank_tolerance,
+    subspace_operator,
     kappa_time,
     live_count,
     loss_constant,
@@ -82,7 +89,7 @@ from ..spectral.iterative import adam_wudi, wudi_reference
 from ..spectral.rank_rules import RANK_RULES, choose_rank
 from .registry import register
 
-__all__ = ["spectral_layer", "proxy_loss", "layer_summary", "lam_max", "consensus_factors", "output_exp_filter",
+__all__ = ["spectral_layer", "LayerContext", "proxy_loss", "layer_summary", "lam_max", "consensus_factors", "output_exp_filter",
            "optmerge_problem", "optmerge_loss"]
 
 # ----------------------------------------------------------------------------- shared parameters
@@ -134,41 +141,110 @@ def _zero_layer(taus: torch.Tensor) -> tuple[torch.Tensor, dict]:
     return torch.zeros_like(taus[0]), {"n_live": 0, "note": "all task vectors are zero"}
 
 
-def spectral_layer(taus: torch.Tensor, build_filter, *, init: str = "sum", scale: float = 1.0, post=None):
-    """Shared path of the spectral methods: C, D, one ``eigh``, a filter, ``spectral_estimate``.
+class LayerContext:
+    """What a spectral method's filter builder sees of one layer (:func:`spectral_layer`).
 
-    ``theta_f = theta0 (I - V F V^T) + D V diag(f / lambda) V^T`` (docs/design.md).
+    ``eig`` (``C = V diag(lambda) V^T``), ``D``, ``theta0`` (``None`` for the zero init), ``n_live``,
+    ``d_in``, ``d_out``, ``taus``; :meth:`projections` gives ``[D; theta0] V`` over every column,
+    computed once on first use and then reused by the estimate (a rank rule that needs
+    ``||D q_k||^2`` costs no extra product).
+    """
+
+    def __init__(self, taus: torch.Tensor, op, eig):
+        self.taus, self.op, self.eig = taus, op, eig
+        self.D, self.theta0, self.n_live = op.D, op.theta0, op.n_live
+        self.d_out, self.d_in = taus.shape[1], taus.shape[2]
+        self._projections = None
+
+    def projections(self) -> torch.Tensor:
+        """``[D; theta0] V`` (2 d_out or d_out rows, one column per computed eigenvector), computed once."""
+        if self._projections is None:
+            self._projections = self.op.rhs @ self.eig.vectors
+        return self._projections
+
+    def _padded(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-direction values of the computed eigenvectors, 0 on the rest of the spectrum (the
+        subspace path: D and theta0 have no component outside the span)."""
+        return torch.cat([x, x.new_zeros(self.d_in - x.numel())]) if x.numel() < self.d_in else x
+
+    def rhs_energy(self) -> torch.Tensor:
+        """``||D q_k||^2`` per eigen-direction (d_in,)."""
+        return self._padded(self.projections()[: self.d_out].pow(2).sum(0))
+
+    def start_energy(self) -> torch.Tensor:
+        """``||theta0 q_k||^2`` per eigen-direction (zeros for the zero init)."""
+        if self.theta0 is None:
+            return torch.zeros_like(self.eig.values)
+        return self._padded(self.projections()[self.d_out:].pow(2).sum(0))
+
+
+def _use_subspace(N: int, d_out: int, d_in: int) -> bool:
+    """The small solve applies: C has rank <= N d_out < d_in (every eigenpair outside the span is 0)."""
+    return N * d_out < d_in
+
+
+def spectral_layer(taus: torch.Tensor, build_filter, *, init: str = "sum", scale: float = 1.0, post=None):
+    """Shared path of the spectral methods: C and D once, one ``eigh``, a filter, ``theta_f``.
+
+    ``theta_f = theta0 + [(D V) diag(f / lambda) - (theta0 V) diag(f)] V^T`` over the columns with
+    ``f != 0`` (docs/design.md), at the per-layer cost model's floor:
+    :func:`~swudi_lab.spectral.layer_operator` (one Gram matrix at a time, D in the cheaper
+    association, the norms once, ``L(0)`` from the same Gram matrices),
+    :func:`~swudi_lab.spectral.eigh`, the filter evaluated once
+    (:func:`~swudi_lab.spectral.filter_factors`), ``[D; theta0] V_k`` as one product and the
+    proxy losses from the eigenbasis (:func:`~swudi_lab.spectral.eigenbasis_estimate`). Memory
+    O(d_in^2 + d_out d_in) beyond the task vectors.
+
+    When ``N d_out < d_in`` C has rank ``m <= N d_out``: :func:`~swudi_lab.spectral.subspace_operator`
+    takes its eigenpairs from an m x m matrix in the span of the task vectors' rows (the small solve,
+    O(d_in m^2 + m^3)); the filter sees the full spectrum (those m eigenvalues, then zeros), and the
+    directions outside the span contribute nothing, since D and the sum init have no component there
+    (equal to the dense computation; with the zero init too).
 
     Args:
         taus: (N, d_out, d_in) task vectors of one layer.
-        build_filter: ``(eig, D, n_live) -> (Filter, extra_info)``, called once per layer.
+        build_filter: ``(layer: LayerContext) -> (Filter, extra_info)``, called once per layer.
         init: ``"sum"`` (theta0 = sum_i tau_i) or ``"zero"``.
         scale: ``delta = scale * theta_f``.
-        post: optional ``theta -> theta`` applied after the estimate (SWUDI's ``output_exp_time``).
+        post: optional ``theta -> theta`` applied after the estimate (SWUDI's ``output_exp_time``;
+            the loss after is then computed directly, ``tr(theta C theta^T) - 2 tr(theta D^T) + L(0)``).
 
     Returns ``(delta (d_out, d_in), info)`` with the eigenvalue summary, filter label, number of
     kept directions ``k`` (f != 0), proxy loss before (at theta0) and after (at theta_f).
     """
-    n_live = live_count(taus)
-    if n_live == 0:
+    N, d_out, d_in = taus.shape
+    subspace = _use_subspace(N, d_out, d_in)
+    op = (subspace_operator if subspace else layer_operator)(taus, start=init == "sum")
+    if op.n_live == 0:
         return _zero_layer(taus)
-    C, D = interference_operator(taus)
-    eig = eigh(C)
-    theta0 = taus.sum(0) if init == "sum" else None
-    filt, extra = build_filter(eig, D, n_live)
-    theta = spectral_estimate(C, D, theta0, filt, eig=eig)
+    if subspace:  # the spectrum of C: the m computed eigenvalues, then d_in - m exact zeros
+        eig = Eig(torch.cat([op.lam, op.lam.new_zeros(d_in - op.lam.numel())]), op.V)
+    else:
+        eig = eigh(op.C)
+    layer = LayerContext(taus, op, eig)
+    filt, extra = build_filter(layer)
+    lam, V = eig
+    m = V.shape[1]
+    f, f_over_lam = filter_factors(filt, lam, numerical_rank_tolerance(lam, EIGEN_FLOOR))
+    est = eigenbasis_estimate(lam[:m], V, op.rhs, op.d_out, f[:m], f_over_lam[:m], projections=layer._projections,
+                              losses=True)
+    theta = est.theta
+    loss_after = est.quad_after + op.const
     if post is not None:
         theta = post(theta)
-    const = loss_constant(taus)
-    info = layer_summary(eig.values, n_live)
+        if subspace:  # tr(theta C theta^T) = sum_k lam_k ||theta q_k||^2 over the span
+            loss_after = float((lam[:m] * (theta @ V).pow(2).sum(0)).sum() - 2 * (theta * op.D).sum()) + op.const
+        else:
+            loss_after = proxy_loss(theta, op.C, op.D, op.const)
+    info = layer_summary(lam, op.n_live)
     info.update(extra)
-    info.update(
-        filter=filt.label,
-        k=int((filt(eig.values) != 0).sum()),
-        loss_before=proxy_loss(theta0, C, D, const) if theta0 is not None else const,
-        loss_after=proxy_loss(theta, C, D, const),
-    )
-    return scale * theta, info
+    info.update(filter=filt.label, k=int((f != 0).sum()), loss_before=est.quad_before + op.const,
+                loss_after=loss_after)
+    if subspace:
+        info["subspace"] = m
+    if scale != 1:
+        theta.mul_(scale)
+    return theta, info
 
 
 # ----------------------------------------------------------------------------- baselines
@@ -259,7 +335,7 @@ def wudi(taus: torch.Tensor, *, name: str = "",
 def closed_form(taus: torch.Tensor, *, name: str = "", init: Init = "sum", scale: Scale = 1.0):
     """``theta = D C^+`` (numerical pseudoinverse: eigenvalues at or below ``max(1e-8, d eps
     lambda_max)`` count as null); ``init`` has no effect with f = 1."""
-    return spectral_layer(taus, lambda eig, D, n_live: (pseudoinverse(), {}), init=init, scale=scale)
+    return spectral_layer(taus, lambda layer: (pseudoinverse(), {}), init=init, scale=scale)
 
 
 @register(
@@ -272,8 +348,8 @@ def iwudi(taus: torch.Tensor, *, name: str = "", t: Time = 300.0, kappa: Kappa =
           init: Init = "sum", scale: Scale = 1.0):
     """``f(lambda) = 1 - exp(-lambda t)``, ``t = kappa d_in / N_live`` when ``kappa`` is given."""
 
-    def build(eig, D, n_live):
-        tt, kk = _time(t, kappa, eig.values.numel(), n_live)
+    def build(layer):
+        tt, kk = _time(t, kappa, layer.d_in, layer.n_live)
         return exponential_filter(tt), {"t": tt, "kappa": kk}
 
     return spectral_layer(taus, build, init=init, scale=scale)
@@ -327,8 +403,8 @@ def filtered(taus: torch.Tensor, *, name: str = "",
     """``theta_f`` for ``make_filter(filter, **params)``; ``kappa`` gives ``t = kappa d_in / N_live``."""
     p = {"filter": filter, "kappa": kappa, **fparams}
 
-    def build(eig, D, n_live):
-        d_in = eig.values.numel()
+    def build(layer):
+        d_in, n_live = layer.d_in, layer.n_live
         filt = make_filter(filter, **_filter_args(p, d_in, n_live))
         extra = {}
         if "t" in filt.params:
@@ -382,7 +458,7 @@ def consensus_factors(taus: torch.Tensor, V: torch.Tensor, power: float, floor: 
     n = task_norms(taus)
     live = n > 0
     t, n = taus[live], n[live]
-    w = (t @ V).pow(2).sum(1) / n.view(-1, 1)  # (N_live, d_in)
+    w = torch.stack([(ti @ V).pow(2).sum(0) for ti in t]) / n.view(-1, 1)  # (N_live, d_in), one expert at a time
     total = w.sum(0)
     touched = total > 0
     w = w / torch.where(touched, total, torch.ones_like(total))
@@ -477,8 +553,8 @@ def swudi_method(taus: torch.Tensor, *, name: str = "", t: Time = 1300.0, kappa:
     neutral = (filter_type == "exponential" and alignment_rho == 0 and filter_gamma == 1 and tikhonov_alpha == 0
                and consensus_power == 0 and output_exp_time is None)
 
-    def build(eig, D, n_live):
-        d_in = eig.values.numel()
+    def build(layer):
+        eig, n_live, d_in = layer.eig, layer.n_live, layer.d_in
         if neutral:  # the plain SWUDI filter, exactly as before the knobs existed
             tt, kk = _time(t, kappa, d_in, n_live)
             return swudi(tt, k=k, ratio=None if k is not None else ratio), {"t": tt, "kappa": kk}
@@ -500,6 +576,7 @@ def swudi_method(taus: torch.Tensor, *, name: str = "", t: Time = 1300.0, kappa:
             extra.update(t=tt, kappa=time_kappa(tt, d_in, n_live))
         if consensus_power > 0 and n_live > 1:
             c = consensus_factors(taus, eig.vectors, consensus_power, consensus_floor)
+            c = torch.cat([c, c.new_ones(d_in - c.numel())])  # subspace path: untouched directions get 1
             factors.append(_direction_filter("consensus", {"p": consensus_power, "phi": consensus_floor}, c))
             extra["consensus_min"] = float(c.min())
         factors.append(top_k(k=K))
@@ -567,13 +644,13 @@ def swudi_a(taus: torch.Tensor, *, name: str = "",
     eigenvalues per ``wiener_noise``, floored at 1e-8 before scaling); discarded directions get 0.
     """
     d_out, d_in = taus.shape[1:]
-    needs = getattr(RANK_RULES.lookup(rank_rule), "needs", ())
+    rule = RANK_RULES.lookup(rank_rule)
+    needs = set(getattr(rule, "needs", ())) | (set(inspect.signature(rule).parameters) & {"rhs_energy", "start_energy"})
 
-    def build(eig, D, n_live):
-        rhs = (D @ eig.vectors).pow(2).sum(0)
-        start = None
-        if "start_energy" in needs:
-            start = ((taus.sum(0) @ eig.vectors).pow(2).sum(0) if init == "sum" else torch.zeros_like(eig.values))
+    def build(layer):
+        eig, n_live = layer.eig, layer.n_live
+        rhs = layer.rhs_energy() if "rhs_energy" in needs else None
+        start = layer.start_energy() if "start_energy" in needs else None
         K = choose_rank(eig.values, rank_rule, rhs_energy=rhs, start_energy=start, n_rows=n_live * d_out,
                         d_out=d_out, min_rank=min_rank, max_rank_ratio=max_rank_ratio, rank_scale=rank_scale)
         extra = {"rank_rule": rank_rule}

@@ -6,7 +6,8 @@
 - :mod:`~swudi_lab.spectral.estimator`: ``theta_f`` from ``(C, D, theta0, filter)``; the SVD form for ``A x = b``.
 """
 
-from .estimator import EIGEN_FLOOR, SVD, Eig, check_normal_equation, eigh, filtered_solve, spectral_estimate, svd
+from .estimator import (EIGEN_FLOOR, SVD, Eig, EigenbasisEstimate, check_normal_equation, eigenbasis_estimate, eigh,
+                        filter_factors, filtered_solve, numerical_rank_tolerance, spectral_estimate, svd)
 from .filters import (
     FILTERS,
     Filter,
@@ -22,7 +23,8 @@ from .filters import (
     wiener,
     zero,
 )
-from .wudi import (as_task_stack, interference_operator, kappa_time, live_count, loss_constant, quadratic_loss, sum_init,
+from .wudi import (LayerOperator, as_task_stack, interference_operator, kappa_time, layer_operator,
+                   subspace_operator, live_count, loss_constant, quadratic_loss, sum_init,
                    task_norms, time_kappa, wudi_gradient, wudi_loss)
 from .iterative import (
     Trajectory,

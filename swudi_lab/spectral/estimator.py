@@ -37,7 +37,7 @@ import torch
 from .filters import Filter
 
 __all__ = ["Eig", "SVD", "eigh", "svd", "check_normal_equation", "spectral_estimate", "filtered_solve",
-           "numerical_rank_tolerance"]
+           "numerical_rank_tolerance", "filter_factors", "eigenbasis_estimate", "EigenbasisEstimate"]
 
 EIGEN_FLOOR = 1e-8
 
@@ -132,6 +132,93 @@ def numerical_rank_tolerance(lam: torch.Tensor, floor: float = EIGEN_FLOOR) -> f
     return max(floor, float(lam.numel() * torch.finfo(lam.dtype).eps * lam.max().clamp_min(0)))
 
 
+def filter_factors(filt: Filter, lam: torch.Tensor, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(f, f / lambda)`` on the whole spectrum from one evaluation of the filter (validated finite);
+    ``tol`` is the null-space tolerance of :meth:`Filter.over_lambda`."""
+    if not isinstance(filt, Filter):
+        raise ValueError(f"filt must be a swudi_lab.spectral.Filter, got {type(filt).__name__}")
+    if not torch.isfinite(lam).all():
+        raise ValueError(f"lam contains NaN or Inf; cannot evaluate {filt}")
+    f, f_over_lam = filt.evaluate(lam, tol)
+    if not torch.isfinite(f).all():
+        raise ValueError(f"filter {filt} produced non-finite factors")
+    return f, f_over_lam
+
+
+def _columns(X: torch.Tensor, keep: torch.Tensor, count: int) -> torch.Tensor:
+    """``X[:, keep]``: X itself, a view of its first ``count`` columns, or a gathered copy."""
+    if count == keep.numel():
+        return X
+    if bool(keep[:count].all()):  # a prefix (top-K on descending eigenvalues): a view, no copy
+        return X[:, :count]
+    return X[:, keep]
+
+
+class EigenbasisEstimate(NamedTuple):
+    """:func:`eigenbasis_estimate`'s result: the estimate and what the report reads from the eigenbasis."""
+
+    theta: torch.Tensor  # (d_out, d_in)
+    f: torch.Tensor  # (d_in,) the factors on the whole spectrum
+    k: int  # directions with f_k != 0
+    quad_before: float | None  # tr(theta0 C theta0^T) - 2 tr(theta0 D^T) (0 without theta0)
+    quad_after: float | None  # the same at theta_f
+
+
+def eigenbasis_estimate(lam: torch.Tensor, V: torch.Tensor, rhs: torch.Tensor, d_out: int, f: torch.Tensor,
+                        f_over_lam: torch.Tensor, *, projections: torch.Tensor | None = None,
+                        losses: bool = False) -> EigenbasisEstimate:
+    """``theta_f = theta0 + [(D V) diag(f / lambda) - (theta0 V) diag(f)] V^T`` over the kept columns.
+
+    Args:
+        lam, V: ``C = V diag(lam) V^T`` (lam as computed, not clipped).
+        rhs: ``[D; theta0]`` stacked, (2 d_out, d_in), or ``D`` alone (d_out, d_in) for ``theta0 = 0``.
+        f, f_over_lam: :func:`filter_factors` on ``lam``.
+        projections: ``rhs V`` when the caller already has it (a rank rule needed it); else only the
+            kept columns (``f != 0`` or ``f / lambda != 0``) are projected, as one product ``[D; theta0] V_k``.
+        losses: also return the quadratic part ``q(theta) = tr(theta C theta^T) - 2 tr(theta D^T)`` at
+            ``theta0`` and ``theta_f``, from the eigenbasis (``a_k = theta0 q_k``, ``b_k = D q_k``,
+            ``c_k = theta_f q_k - a_k``)::
+
+                q(theta0)  = sum_k lam_k ||a_k||^2 - 2 <theta0, D>_F
+                q(theta_f) = q(theta0) + sum_{k kept} lam_k (2 <a_k, c_k> + ||c_k||^2) - 2 <c_k, b_k>
+
+            The only product they add is ``theta0 V_d`` over the dropped columns (``lam_k ||a_k||^2``
+            there), none with ``projections`` or when nothing is dropped.
+
+    Cost: one (rows, d_in) x (d_in, K) product and one (d_out, K) x (K, d_in) product. Memory: the
+    (rows, K) projections and the output.
+    """
+    keep = (f != 0) | (f_over_lam != 0)
+    count = int(keep.sum())
+    start = rhs.shape[0] > d_out
+    Vk = _columns(V, keep, count)
+    P = _columns(projections, keep, count) if projections is not None else rhs @ Vk
+    fk, ok = _columns(f[None], keep, count)[0], _columns(f_over_lam[None], keep, count)[0]
+    B = P[:d_out]
+    coeff = B * ok  # D q_k f_k / lambda_k
+    if start:
+        A = P[d_out:]
+        coeff.addcmul_(A, fk, value=-1)  # - f_k theta0 q_k
+    quad_before = quad_after = None
+    if losses:
+        lk = _columns(lam[None], keep, count)[0]
+        change = (lk * coeff.pow(2).sum(0)).sum() - 2 * (coeff * B).sum()
+        if start:
+            theta0 = rhs[d_out:]
+            change = change + 2 * (lk * (A * coeff).sum(0)).sum()
+            energy = (lk * A.pow(2).sum(0)).sum()
+            if count < keep.numel():
+                drop = ~keep
+                Ad = projections[d_out:, drop] if projections is not None else theta0 @ V[:, drop]
+                energy = energy + (lam[drop] * Ad.pow(2).sum(0)).sum()
+            quad_before = float(energy - 2 * (theta0 * rhs[:d_out]).sum())
+        else:
+            quad_before = 0.0
+        quad_after = quad_before + float(change)
+    theta = torch.addmm(rhs[d_out:], coeff, Vk.T) if start else coeff @ Vk.T
+    return EigenbasisEstimate(theta, f, int((f != 0).sum()), quad_before, quad_after)
+
+
 def spectral_estimate(C, D, theta0, filt: Filter, *, eig: Eig | None = None,
                       floor: float = EIGEN_FLOOR, dtype=None) -> torch.Tensor:
     """``theta_f = theta0 (I - V F V^T) + D V diag(f / lambda) V^T`` for one filter.
@@ -145,23 +232,18 @@ def spectral_estimate(C, D, theta0, filt: Filter, *, eig: Eig | None = None,
             the tolerance used is ``max(floor, d eps lambda_max)``, see the module docstring.
         dtype: compute dtype (default: C's).
 
-    Returns the (d_out, d_in) estimate. Directions with ``f_k = 0`` are skipped entirely, so a
-    top-K filter costs O(d_out d_in K) after the decomposition.
+    Returns the (d_out, d_in) estimate, computed by :func:`eigenbasis_estimate`: directions with
+    ``f_k = 0`` are skipped entirely, so a top-K filter costs O(d_out d_in K) after the decomposition.
     """
     C, D, theta0 = check_normal_equation(C, D, theta0, dtype=dtype)
     if floor <= 0:
         raise ValueError(f"floor must be > 0, got {floor!r}")
     lam, V = eig if eig is not None else eigh(C)
     lam, V = lam.to(C), V.to(C)
-    f = _factors(filt, lam)  # the filter sees the whole spectrum (top-K ranks it)
-    f_over_lam = filt.over_lambda(lam, numerical_rank_tolerance(lam, floor))  # f_k / lambda_k (may be > 0 where f_k = 0 = lambda_k)
-    keep = (f != 0) | (f_over_lam != 0)
-    f, Vk, f_over_lam = f[keep], V[:, keep], f_over_lam[keep]
-    coeff = (D @ Vk) * f_over_lam  # D q_k f_k / lambda_k
-    if theta0 is not None:
-        coeff = coeff - (theta0 @ Vk) * f  # - f_k theta0 q_k
-        return theta0 + coeff @ Vk.T
-    return coeff @ Vk.T
+    # the filter sees the whole spectrum (top-K ranks it); f / lambda may be > 0 where f = 0 = lambda
+    f, f_over_lam = filter_factors(filt, lam, numerical_rank_tolerance(lam, floor))
+    rhs = D if theta0 is None else torch.cat([D, theta0])
+    return eigenbasis_estimate(lam, V, rhs, D.shape[0], f, f_over_lam).theta
 
 
 def filtered_solve(A, b, filt: Filter, *, decomposition: SVD | None = None,

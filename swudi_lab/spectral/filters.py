@@ -77,6 +77,7 @@ class Filter:
     fn: Callable[[torch.Tensor], torch.Tensor] = field(repr=False, compare=False, default=None)
     slope0: float | None = field(default=None, repr=False, compare=False)
     over: Callable[[torch.Tensor, float], torch.Tensor] | None = field(default=None, repr=False, compare=False)
+    parts: tuple = field(default=(), repr=False, compare=False)  # (a, b) of a product filter a * b
 
     def __call__(self, lam):
         """Filter factors ``f(lambda)`` for a 1-D array of eigenvalues (any order)."""
@@ -108,6 +109,31 @@ class Filter:
         tiny = torch.finfo(lam.dtype).tiny
         return torch.where(lam > 0, self.fn(lam) / lam.clamp_min(tiny), torch.full_like(lam, self.slope0))
 
+    def evaluate(self, lam: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(f(lambda), f(lambda) / lambda)`` from one evaluation of every factor (lam: 1-D tensor).
+
+        The same numbers as ``(self(lam), self.over_lambda(lam, floor))``: a product filter
+        evaluates each of its factors once and divides the one that vanishes at 0 (as
+        :meth:`over_lambda`); a filter with its own ``over`` and no factors calls both.
+        """
+        lam = lam.clamp_min(0)
+        if self.parts:
+            (fa, oa), (fb, ob) = (p.evaluate(lam, floor) for p in self.parts)
+            a, b = self.parts
+            f = fa * fb
+            if a.slope0 is not None or a.over is not None:
+                return f, oa * fb
+            if b.slope0 is not None or b.over is not None:
+                return f, ob * fa
+            return f, torch.where(lam > floor, f / lam.clamp_min(floor), torch.zeros_like(lam))
+        if self.over is not None:
+            return self.fn(lam), self.over(lam, floor)
+        f = self.fn(lam)
+        if self.slope0 is None:
+            return f, torch.where(lam > floor, f / lam.clamp_min(floor), torch.zeros_like(lam))
+        tiny = torch.finfo(lam.dtype).tiny
+        return f, torch.where(lam > 0, f / lam.clamp_min(tiny), torch.full_like(lam, self.slope0))
+
     def __mul__(self, other: "Filter") -> "Filter":
         """Product filter ``f(lambda) = f1(lambda) * f2(lambda)`` (e.g. SWUDI = exp x top-K)."""
         if not isinstance(other, Filter):
@@ -115,7 +141,7 @@ class Filter:
         params = {f"{self.name}.{k}": v for k, v in self.params.items()}
         params.update({f"{other.name}.{k}": v for k, v in other.params.items()})
         return Filter(f"{self.name}*{other.name}", params, lambda lam: self.fn(lam) * other.fn(lam),
-                      over=_product_over(self, other))
+                      over=_product_over(self, other), parts=(self, other))
 
     @property
     def label(self) -> str:
@@ -342,7 +368,8 @@ def swudi(t: Time = 1300.0, k: Count = None, ratio: Ratio = 0.65) -> Filter:
     soft, hard = exponential(t), top_k(k=k, ratio=ratio)  # validates k / ratio
     hard = Filter("top_k", hard.params, lambda lam: _swudi_mask(lam, k, ratio))
     params = {"t": soft.params["t"], **hard.params}
-    return Filter("swudi", params, lambda lam: soft.fn(lam) * hard.fn(lam), over=_product_over(soft, hard))
+    return Filter("swudi", params, lambda lam: soft.fn(lam) * hard.fn(lam), over=_product_over(soft, hard),
+                  parts=(soft, hard))
 
 
 @register_filter("wiener", cutoff=lambda lambda_c, lam: wiener(2.0, lambda_c**2),

@@ -15,14 +15,18 @@ skipped rather than divided by, so no NaN appears.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-__all__ = ["as_task_stack", "task_norms", "live_count", "interference_operator", "wudi_loss", "quadratic_loss",
+__all__ = ["as_task_stack", "task_norms", "live_count", "interference_operator", "layer_operator", "LayerOperator", "subspace_operator",
+           "SubspaceOperator", "wudi_loss", "quadratic_loss",
            "loss_constant", "wudi_gradient", "sum_init", "kappa_time", "time_kappa"]
 
 
-def as_task_stack(task_vectors, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Stack task vectors into one (N, d_out, d_in) tensor, validating shapes and values."""
+def as_task_stack(task_vectors, dtype: torch.dtype | None = None, *, check_finite: bool = True) -> torch.Tensor:
+    """Stack task vectors into one (N, d_out, d_in) tensor, validating shapes and (unless
+    ``check_finite=False``, for a caller that checks the norms instead) values."""
     if isinstance(task_vectors, torch.Tensor):
         taus = task_vectors
     else:
@@ -41,7 +45,7 @@ def as_task_stack(task_vectors, dtype: torch.dtype | None = None) -> torch.Tenso
         taus = taus.to(dtype)
     elif not taus.is_floating_point():
         taus = taus.to(torch.get_default_dtype())
-    if not torch.isfinite(taus).all():
+    if check_finite and not torch.isfinite(taus).all():
         bad = [i for i in range(taus.shape[0]) if not torch.isfinite(taus[i]).all()]
         raise ValueError(f"task vectors of expert(s) {bad} contain NaN or Inf")
     return taus
@@ -71,32 +75,184 @@ def time_kappa(t: float, d_in: int, n_live: int) -> float:
     return t * n_live / d_in
 
 
+class LayerOperator(NamedTuple):
+    """One layer's normal equation from :func:`layer_operator` (live experts only).
+
+    ``rhs`` is one (d_out [+ d_out], d_in) buffer: ``D`` on its first d_out rows and, with
+    ``start=True``, ``theta0 = sum_i tau_i`` on the next d_out, so that ``[D; theta0] V`` is one product.
+    """
+
+    C: torch.Tensor  # (d_in, d_in), symmetric
+    rhs: torch.Tensor  # (d_out or 2 d_out, d_in): [D; theta0]
+    norms: torch.Tensor  # (N,) n_i, 0 for experts that left the layer untouched
+    n_live: int
+    const: float  # L(0) = sum_i ||tau_i^T tau_i||_F^2 / n_i
+
+    d_out: int
+
+    @property
+    def D(self) -> torch.Tensor:
+        """(d_out, d_in) right-hand side ``D = sum_i tau_i tau_i^T tau_i / n_i`` (a view of ``rhs``)."""
+        return self.rhs[: self.d_out]
+
+    @property
+    def theta0(self) -> torch.Tensor | None:
+        """(d_out, d_in) sum init ``sum_i tau_i`` (a view of ``rhs``), or ``None`` without ``start``."""
+        return self.rhs[self.d_out:] if self.rhs.shape[0] > self.d_out else None
+
+
+def _squared_norms(taus: torch.Tensor) -> torch.Tensor:
+    """``n_i`` one expert at a time (no (N, d_out, d_in) temporary)."""
+    return torch.stack([t.pow(2).sum() for t in taus.flatten(1)]) if taus.shape[0] else taus.new_zeros(0)
+
+
+def _syrk_ok(t: torch.Tensor) -> bool:
+    """The symmetric rank-k update (BLAS ``syrk``, half a product's flops) applies: CPU, float32 or
+    float64, no autograd, contiguous."""
+    return (t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and not t.requires_grad
+            and t.is_contiguous())
+
+
+def _syrk(t: torch.Tensor, inner: bool, out: torch.Tensor | None = None, alpha: float = 1.0) -> torch.Tensor:
+    """``alpha t^T t`` (``inner``) or ``alpha t t^T`` by BLAS ``syrk`` on one triangle; with ``out``
+    accumulated into it (one triangle: call :func:`_symmetrized` at the end), else returned symmetric.
+
+    ``t`` (rows, cols) row-major is its transpose in column-major order, so no copy is made."""
+    from scipy.linalg import blas
+
+    syrk = blas.dsyrk if t.dtype == torch.float64 else blas.ssyrk
+    a = t.numpy().T  # column-major view of t^T
+    if out is not None:  # out^T is column-major: syrk writes its upper triangle = out's lower one
+        c = out.numpy().T
+        r = syrk(alpha, a, beta=1.0, c=c, trans=0 if inner else 1, overwrite_c=1)
+        if r.ctypes.data != c.ctypes.data:  # not updated in place (never expected): copy back
+            out.copy_(torch.from_numpy(r.T))
+        return out
+    g = torch.from_numpy(syrk(alpha, a, trans=0 if inner else 1))  # upper triangle of the Gram matrix
+    return g + g.triu(1).T
+
+
+def _symmetrized(lower: torch.Tensor) -> torch.Tensor:
+    """The symmetric matrix whose lower triangle ``lower`` holds."""
+    return lower.tril() + lower.tril(-1).T
+
+
+def layer_operator(taus: torch.Tensor, *, start: bool = False):
+    """``(C, rhs, norms, n_live, L(0))`` of one layer at the per-layer cost model's floor.
+
+    ``taus``: (N, d_out, d_in) floating tensor (checked finite through its norms: a NaN or Inf entry
+    makes ``n_i`` non-finite). Per live expert, with ``w_i = 1 / n_i``:
+
+    - ``d_in <= d_out``: ``G_i = tau_i^T tau_i`` (d_in x d_in), ``C += w_i G_i``, ``D += w_i tau_i G_i``,
+      ``L(0) += w_i ||G_i||^2``;
+    - ``d_in > d_out``: ``C += w_i tau_i^T tau_i``, ``E_i = tau_i tau_i^T`` (d_out x d_out),
+      ``D += w_i E_i tau_i``, ``L(0) += w_i ||E_i||^2``.
+
+    The association of D is the cheaper one for the shape (``d_out d_in^2`` against ``d_out^2 d_in``
+    per expert), the Gram matrices are symmetric rank-k updates on CPU (BLAS ``syrk``: half a
+    product), and only one Gram matrix is alive at a time: memory O(d_in^2 + d_out d_in) beyond
+    the task vectors, never N x d_in x d_in. ``rhs`` holds D and, with ``start=True``,
+    ``theta0 = sum_i tau_i`` below it. Returns a :class:`LayerOperator`.
+    """
+    N, d_out, d_in = taus.shape
+    n = _squared_norms(taus)
+    if not bool(torch.isfinite(n).all()):
+        bad = [i for i in range(N) if not torch.isfinite(n[i])]
+        raise ValueError(f"task vectors of expert(s) {bad} contain NaN or Inf")
+    live = (n > 0).nonzero().flatten().tolist()
+    fast = _syrk_ok(taus)
+    C = taus.new_zeros(d_in, d_in)
+    rhs = taus.new_zeros((2 if start else 1) * d_out, d_in)
+    D = rhs[:d_out]
+    const = taus.new_zeros(())
+    for i in live:
+        t, w = taus[i], 1.0 / float(n[i])
+        if d_in <= d_out:
+            G = _syrk(t, inner=True) if fast else t.T @ t
+            C.add_(G, alpha=w)
+            D.addmm_(t, G, alpha=w)
+        else:
+            if fast:
+                _syrk(t, inner=True, out=C, alpha=w)
+            else:
+                C.addmm_(t.T, t, alpha=w)
+            G = _syrk(t, inner=False) if fast else t @ t.T
+            D.addmm_(G, t, alpha=w)
+        const += G.pow(2).sum() * w
+        del G
+    if fast and d_in > d_out:
+        C = _symmetrized(C)
+    else:
+        C = 0.5 * (C + C.T)  # exact symmetry despite round-off
+    if start:
+        torch.sum(taus, 0, out=rhs[d_out:])
+    return LayerOperator(C, rhs, n, len(live), float(const), d_out)
+
+
+class SubspaceOperator(NamedTuple):
+    """One layer's normal equation in the span of its task vectors' rows (:func:`subspace_operator`).
+
+    ``C = V_m diag(lam_m) V_m^T`` exactly, with ``V_m = Q W`` (d_in x m) orthonormal: every other
+    eigenvalue of C is 0 and ``D``, ``theta0`` (sum init) have no component there.
+    """
+
+    lam: torch.Tensor  # (m,) descending
+    V: torch.Tensor  # (d_in, m)
+    rhs: torch.Tensor  # (d_out or 2 d_out, d_in): [D; theta0]
+    norms: torch.Tensor
+    n_live: int
+    const: float
+    d_out: int
+
+    D = LayerOperator.D
+    theta0 = LayerOperator.theta0
+
+
+def subspace_operator(taus: torch.Tensor, *, start: bool = False) -> SubspaceOperator:
+    """C's eigenpairs from an m x m problem, ``m = N_live d_out < d_in``, and D (the small solve).
+
+    ``T`` stacks the live ``tau_i / sqrt(n_i)`` (m x d_in), so ``C = T^T T``: its range is the row
+    span of T. With the thin QR ``T^T = Q R`` (Q: d_in x m orthonormal), ``Q^T C Q = R R^T``
+    (m x m), whose eigenpairs ``W diag(lam) W^T`` give ``C = (Q W) diag(lam) (Q W)^T``: no d_in x d_in
+    matrix is formed. D and L(0) go through ``E_i = tau_i tau_i^T`` (d_out x d_out). Cost
+    O(d_in m^2 + m^3 + N d_out^2 d_in) instead of O(N d_out d_in^2 + d_in^3).
+    """
+    N, d_out, d_in = taus.shape
+    n = _squared_norms(taus)
+    if not bool(torch.isfinite(n).all()):
+        bad = [i for i in range(N) if not torch.isfinite(n[i])]
+        raise ValueError(f"task vectors of expert(s) {bad} contain NaN or Inf")
+    live = (n > 0).nonzero().flatten().tolist()
+    rhs = taus.new_zeros((2 if start else 1) * d_out, d_in)
+    D = rhs[:d_out]
+    const = taus.new_zeros(())
+    for i in live:
+        t, w = taus[i], 1.0 / float(n[i])
+        E = t @ t.T
+        D.addmm_(E, t, alpha=w)
+        const += E.pow(2).sum() * w
+    if start:
+        torch.sum(taus, 0, out=rhs[d_out:])
+    if not live:
+        return SubspaceOperator(taus.new_zeros(0), taus.new_zeros(d_in, 0), rhs, n, 0, 0.0, d_out)
+    Tt = torch.cat([taus[i].T / float(n[i]).__pow__(0.5) for i in live], dim=1)  # (d_in, m)
+    Q, R = torch.linalg.qr(Tt)  # Tt = Q R, Q (d_in, m)
+    del Tt
+    small = R @ R.T
+    lam, W = torch.linalg.eigh(0.5 * (small + small.T))
+    return SubspaceOperator(lam.flip(0), Q @ W.flip(1), rhs, n, len(live), float(const), d_out)
+
+
 def interference_operator(task_vectors, dtype: torch.dtype | None = None):
     """Return ``(C, D)`` for a layer: ``C = sum tau_i^T tau_i / n_i``, ``D = sum tau_i C_i``.
 
     ``task_vectors``: (N, d_out, d_in) tensor or a list of (d_out, d_in) tensors.
     Returns C (d_in, d_in) and D (d_out, d_in) in the task vectors' dtype (or ``dtype``).
     Experts with ``n_i = 0`` are skipped, so ``trace(C)`` equals the number of nonzero experts.
+    Computed by :func:`layer_operator`: one Gram matrix at a time, D in the cheaper association.
     """
-    taus = as_task_stack(task_vectors, dtype)
-    d_out, d_in = taus.shape[1:]
-    n = task_norms(taus)
-    live = n > 0
-    if not live.all():  # skip experts that left this layer untouched (no copy when all are live)
-        taus, n = taus[live], n[live]
-    if taus.shape[0] == 0:  # every expert left this layer untouched
-        return taus.new_zeros(d_in, d_in), taus.new_zeros(d_out, d_in)
-    scaled = taus / n.view(-1, 1, 1)  # tau_i / n_i
-    # C = sum_i tau_i^T tau_i / n_i, as one (d_in, N d_out) x (N d_out, d_in) product.
-    C = scaled.reshape(-1, d_in).T @ taus.reshape(-1, d_in)
-    C = 0.5 * (C + C.T)  # exact symmetry despite round-off
-    # D = sum_i tau_i (tau_i^T tau_i) / n_i = sum_i (tau_i tau_i^T) tau_i / n_i:
-    # go through the smaller Gram matrix (d_in x d_in or d_out x d_out).
-    if d_in <= d_out:
-        D = (scaled @ (taus.transpose(1, 2) @ taus)).sum(dim=0)
-    else:
-        D = ((scaled @ taus.transpose(1, 2)) @ taus).sum(dim=0)
-    return C, D
+    op = layer_operator(as_task_stack(task_vectors, dtype, check_finite=False))  # finiteness: by the norms
+    return op.C, op.rhs
 
 
 def wudi_loss(theta: torch.Tensor, task_vectors) -> torch.Tensor:
