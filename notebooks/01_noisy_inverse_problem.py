@@ -60,7 +60,7 @@ DEVICE = swudi_lab.setup_notebook()
 # %%
 from swudi_lab import spectral as S
 from swudi_lab import toy
-from swudi_lab.viz.explorers import EIG_ATA, name_eigenvalues
+from swudi_lab.viz.explorers import EIG_ATA
 
 torch.set_num_threads(1)  # toy problems are tiny: one thread is fastest (and immune to a busy CPU)
 NOISE = 1e-3  # relative noise level ||e|| / ||b_exact||
@@ -167,9 +167,8 @@ for name, (family, grid) in families.items():
 print(f"{'pseudoinverse':<38s} relative error {err_pinv:.3g}")
 
 # %%
-name_eigenvalues(viz.filter_factors_figure({c.filter.label: c.filter for c in best.values()}, eigenvalues=lam,
-                                           title="Filter factors f(λ) at their best parameters (ticks: λ_k = σ_k²)"),
-                 EIG_ATA)
+viz.filter_factors_figure({c.filter.label: c.filter for c in best.values()}, eigenvalues=lam, eigenvalues_name=EIG_ATA,
+                          title="Filter factors f(λ) at their best parameters (ticks: λ_k = σ_k²)")
 
 # %%
 viz.solutions_figure(x_true, {c.filter.label: c.x for c in best.values()}, grid=problem.grid,

@@ -135,7 +135,7 @@ Dq = (p.D.cpu() @ V).norm(dim=0)  # |D q_k|
 t_paper = 1300.0
 filters = {
     "SWUDI (paper: t = 1300, r = 0.65)": S.swudi(t=t_paper, ratio=0.65),
-    f"exponential (κ = 3: t = {3 * d_in / N:.0f})": S.exponential(3 * d_in / N),
+    f"exponential (κ = 3: t = {S.kappa_time(3, d_in, N):.0f})": S.exponential(S.kappa_time(3, d_in, N)),
 }
 viz.noise_amplification_figure(lam, Dq, filters,
                                title=f"{short(LAYER)}: closed-form coefficients ‖D q_k‖ / λ_k and filtered ones")
@@ -225,8 +225,6 @@ viz.layer_ranks_figure(ranks, d_ins, title="K / d_in chosen by SWUDI-A per layer
 # %%
 import ipywidgets as widgets
 
-from swudi_lab.viz.explorers import dense_factors
-
 # every rank rule's context per layer: ||D q_k||^2, ||theta0 q_k||^2, N d_out, d_out (S.rank_context)
 contexts = {n: S.rank_context(p.taus, eig=p.eig, D=p.D) for n, p in problems.items()}
 rhs = {n: c["rhs_energy"].cpu() for n, c in contexts.items()}  # ||D q_k||^2
@@ -236,11 +234,11 @@ def layer_figure(layer, rule, kappa):
     lam = p.eig.values.cpu()
     d = lam.numel()
     K = S.choose_rank(lam, rule, **contexts[layer])
-    t = kappa * d / N
+    t = S.kappa_time(kappa, d, N)
     filters = {f"exponential(κ = {kappa:.3g})": S.exponential(t), f"top_k(K = {K}, {rule})": S.top_k(k=K),
                "swudi (exp × top-K)": S.swudi(t, k=K)}
-    x, factors = dense_factors(filters, lam)  # the exponential's shape across the spectrum's gaps
-    left = viz.filter_factors_figure(factors, lam=x, eigenvalues=lam, title="filter factors on the spectrum")
+    # on the spectrum: the exponential's shape across its gaps, top-K and SWUDI as steps at the eigenvalues
+    left = viz.filter_factors_figure(filters, eigenvalues=lam, eigenvalues_name="of C", title="filter factors on the spectrum")
     right = viz.noise_amplification_figure(lam, rhs[layer].sqrt(), filters, title="coefficients ‖D q_k‖ f_k / λ_k")
     return viz.side_by_side([left, right], title=f"{short(layer)} (d_in = {d}): K = {K} ({rule}), "
                                                  f"κ = {kappa:.3g}, t = {t:.3g}")

@@ -106,37 +106,6 @@ def _squared_norms(taus: torch.Tensor) -> torch.Tensor:
     return torch.stack([t.pow(2).sum() for t in taus.flatten(1)]) if taus.shape[0] else taus.new_zeros(0)
 
 
-def _syrk_ok(t: torch.Tensor) -> bool:
-    """The symmetric rank-k update (BLAS ``syrk``, half a product's flops) applies: CPU, float32 or
-    float64, no autograd, contiguous."""
-    return (t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and not t.requires_grad
-            and t.is_contiguous())
-
-
-def _syrk(t: torch.Tensor, inner: bool, out: torch.Tensor | None = None, alpha: float = 1.0) -> torch.Tensor:
-    """``alpha t^T t`` (``inner``) or ``alpha t t^T`` by BLAS ``syrk`` on one triangle; with ``out``
-    accumulated into it (one triangle: call :func:`_symmetrized` at the end), else returned symmetric.
-
-    ``t`` (rows, cols) row-major is its transpose in column-major order, so no copy is made."""
-    from scipy.linalg import blas
-
-    syrk = blas.dsyrk if t.dtype == torch.float64 else blas.ssyrk
-    a = t.numpy().T  # column-major view of t^T
-    if out is not None:  # out^T is column-major: syrk writes its upper triangle = out's lower one
-        c = out.numpy().T
-        r = syrk(alpha, a, beta=1.0, c=c, trans=0 if inner else 1, overwrite_c=1)
-        if r.ctypes.data != c.ctypes.data:  # not updated in place (never expected): copy back
-            out.copy_(torch.from_numpy(r.T))
-        return out
-    g = torch.from_numpy(syrk(alpha, a, trans=0 if inner else 1))  # upper triangle of the Gram matrix
-    return g + g.triu(1).T
-
-
-def _symmetrized(lower: torch.Tensor) -> torch.Tensor:
-    """The symmetric matrix whose lower triangle ``lower`` holds."""
-    return lower.tril() + lower.tril(-1).T
-
-
 def layer_operator(taus: torch.Tensor, *, start: bool = False):
     """``(C, rhs, norms, n_live, L(0))`` of one layer at the per-layer cost model's floor.
 
@@ -149,8 +118,7 @@ def layer_operator(taus: torch.Tensor, *, start: bool = False):
       ``D += w_i E_i tau_i``, ``L(0) += w_i ||E_i||^2``.
 
     The association of D is the cheaper one for the shape (``d_out d_in^2`` against ``d_out^2 d_in``
-    per expert), the Gram matrices are symmetric rank-k updates on CPU (BLAS ``syrk``: half a
-    product), and only one Gram matrix is alive at a time: memory O(d_in^2 + d_out d_in) beyond
+    per expert), and only one Gram matrix is alive at a time: memory O(d_in^2 + d_out d_in) beyond
     the task vectors, never N x d_in x d_in. ``rhs`` holds D and, with ``start=True``,
     ``theta0 = sum_i tau_i`` below it. Returns a :class:`LayerOperator`.
     """
@@ -160,7 +128,6 @@ def layer_operator(taus: torch.Tensor, *, start: bool = False):
         bad = [i for i in range(N) if not torch.isfinite(n[i])]
         raise ValueError(f"task vectors of expert(s) {bad} contain NaN or Inf")
     live = (n > 0).nonzero().flatten().tolist()
-    fast = _syrk_ok(taus)
     C = taus.new_zeros(d_in, d_in)
     rhs = taus.new_zeros((2 if start else 1) * d_out, d_in)
     D = rhs[:d_out]
@@ -168,22 +135,16 @@ def layer_operator(taus: torch.Tensor, *, start: bool = False):
     for i in live:
         t, w = taus[i], 1.0 / float(n[i])
         if d_in <= d_out:
-            G = _syrk(t, inner=True) if fast else t.T @ t
+            G = t.T @ t
             C.add_(G, alpha=w)
             D.addmm_(t, G, alpha=w)
         else:
-            if fast:
-                _syrk(t, inner=True, out=C, alpha=w)
-            else:
-                C.addmm_(t.T, t, alpha=w)
-            G = _syrk(t, inner=False) if fast else t @ t.T
+            C.addmm_(t.T, t, alpha=w)
+            G = t @ t.T
             D.addmm_(G, t, alpha=w)
         const += G.pow(2).sum() * w
         del G
-    if fast and d_in > d_out:
-        C = _symmetrized(C)
-    else:
-        C = 0.5 * (C + C.T)  # exact symmetry despite round-off
+    C = 0.5 * (C + C.T)  # exact symmetry despite round-off
     if start:
         torch.sum(taus, 0, out=rhs[d_out:])
     return LayerOperator(C, rhs, n, len(live), float(const), d_out)

@@ -43,36 +43,6 @@ def cutoff_filter(name: str, lambda_c: float, lam) -> F.Filter:
     return F.FILTERS[name].cutoff(lambda_c, lam)
 
 
-def dense_factors(filters: dict, lam, n_points: int = 400):
-    """Filter factors on a dense log grid over a spectrum, for drawing: ``(x, {label: f(x)})``.
-
-    ``x`` is ``n_points`` log-spaced values over the positive eigenvalues, merged with the
-    eigenvalues themselves, so a smooth filter (exponential, Tikhonov) is drawn with its shape across
-    the spectrum's gaps instead of as straight segments between eigenvalues. A filter with a top-K part
-    (``top_k``, ``swudi``: parameters ``k`` or ``ratio``) keeps its K of *this* spectrum: its cut is
-    ``1[x >= lambda_K]`` (``lambda_K`` the K-th largest eigenvalue), times ``1 - exp(-x t)`` for SWUDI.
-    On the eigenvalues the values equal ``filter(lam)``.
-    """
-    lam = np.sort(as_array("lam", lam))[::-1]
-    pos = lam[lam > 0]
-    if pos.size == 0:
-        raise ValueError("lam has no positive eigenvalue")
-    x = np.unique(np.concatenate([np.logspace(math.log10(pos.min()), math.log10(pos.max()), n_points), pos]))
-    out = {}
-    for label, f in filters.items():
-        params = getattr(f, "params", {})
-        if "k" in params or "ratio" in params:
-            K = max(1, int((np.asarray(f(pos)) > 0).sum()))
-            soft = -np.expm1(-x * params["t"]) if "t" in params else 1.0
-            out[label] = soft * (x >= pos[K - 1])
-        else:
-            out[label] = np.asarray(f(x), dtype=float)
-    return x, out
-
-
-# ------------------------------------------------------------------ toy problems ------------
-
-
 def _blur_problem(n: int = 64, width: float = 0.03):
     """A small Gaussian-blur deconvolution ``A x = b`` (used when the toy lab is not available)."""
     s = np.linspace(0, 1, n)
@@ -165,17 +135,7 @@ def _anchored(grid, value) -> list:
     return sorted(grid[:i] + [value] + grid[i + 1:])
 
 
-def name_eigenvalues(fig, name: str):
-    """Rename the eigenvalue rug of a :func:`~swudi_lab.viz.theory.filter_factors_figure` (its legend
-    says "eigenvalues of C", right for a merge layer; a least-squares problem ``A x = b`` has the
-    eigenvalues ``lambda_k = sigma_k^2`` of ``A^T A`` instead). Returns ``fig``."""
-    for tr in fig.data:
-        if getattr(tr, "mode", None) == "markers" and tr.marker.symbol == "line-ns-open":
-            tr.name = name
-    return fig
-
-
-EIG_ATA = "λ_k = σ_k² (eigenvalues of AᵀA)"
+EIG_ATA = "λ_k = σ_k² of AᵀA"  # the rug's name on a least-squares problem (filter_factors_figure)
 
 
 # --------------------------------------------------------------- (1) inverse problem --------
@@ -210,8 +170,8 @@ def inverse_problem_explorer(A=None, b=None, x_true=None, *, problem="shaw", n: 
         err = np.linalg.norm(x_f - x_true) / np.linalg.norm(x_true)
         left = solutions_figure(x_true, {filt.label: x_f}, title="solution x_f vs truth")
         left.update_yaxes(range=y_range)  # fixed: a blown-up solution leaves the frame, the axes stay
-        right = name_eigenvalues(filter_factors_figure({filt.label: f}, lam=lam, eigenvalues=lam,
-                                                       title="filter factors f(λ) on λ = σ²"), EIG_ATA)
+        right = filter_factors_figure({filt.label: f}, lam=lam, eigenvalues=lam, eigenvalues_name=EIG_ATA,
+                                      title="filter factors f(λ) on λ = σ²")
         return side_by_side([left, right], title=f"noise {noise:.2g}, {filt.label}: relative error "
                                                  f"‖x_f − x_true‖ / ‖x_true‖ = {err:.3g}")
 
@@ -286,8 +246,8 @@ def gd_explorer(A=None, b=None, x_true=None, *, problem="shaw", n: int = 64, noi
         gd, flow = F.landweber(eta, steps), F.exponential(eta * steps)
         # one name per curve in both panels, so the shared legend lists each once
         GD, FLOW = "landweber (n GD steps)", "exponential (gradient flow, t = ηn)"
-        left = name_eigenvalues(filter_factors_figure({GD: gd(lam), FLOW: flow(lam)}, lam=lam, eigenvalues=lam,
-                                                      title=f"{gd.label} vs {flow.label}"), EIG_ATA)
+        left = filter_factors_figure({GD: gd(lam), FLOW: flow(lam)}, lam=lam, eigenvalues=lam, eigenvalues_name=EIG_ATA,
+                                     title=f"{gd.label} vs {flow.label}")
         n_grid, err_gd, err_flow = curves_at(eta_lmax)
         right = error_curve_figure({GD: (n_grid, err_gd), FLOW: (n_grid, err_flow)}, current=steps, log_y=True,
                                    y_title="‖x_n − x_true‖ / ‖x_true‖",
@@ -382,9 +342,8 @@ def filters_explorer(lam, *, n_tasks: int | None = None, kappa: float = 3.0, rat
         cut = lambda k: (x >= lam[k - 1]).astype(float)
         exp_f = -np.expm1(-x * t)
         factors = {soft.label: exp_f, hard.label: cut(K), both.label: exp_f * cut(K_r)}
-        left = name_eigenvalues(filter_factors_figure(factors, lam=x, eigenvalues=lam,
-                                                      title="factors f(λ) on the spectrum"),
-                                f"eigenvalues of C (d_in = {d})")
+        left = filter_factors_figure(factors, lam=x, eigenvalues=lam, eigenvalues_name="of C",
+                                     title="factors f(λ) on the spectrum")
         marks = {f"ratio r = {ratio:.2f} (SWUDI)": K_r}
         if rule != "ratio":
             marks[f"{rule} (top-K)"] = K
