@@ -76,18 +76,6 @@ def test_hub_ids_follow_one_naming_per_model_family():
 # ----------------------------------------------------------------------------- a tiny CLIP
 
 
-def _bytes_to_unicode():
-    """GPT-2 / CLIP byte-level alphabet: every byte maps to one printable character."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
     """A saved tiny CLIPModel + CLIPTokenizer folder (every byte in the vocabulary, a few merges)."""
@@ -95,14 +83,9 @@ def tiny_clip(tmp_path_factory):
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
     folder = tmp_path_factory.mktemp("tiny_clip")
-    chars = _bytes_to_unicode()
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    merges = ["p h", "ph o", "o f</w>", "t h", "th e</w>", "o n"]
-    for m in merges:
-        vocab.setdefault(m.replace(" ", ""), len(vocab))
-    for special in ("<|startoftext|>", "<|endoftext|>"):
-        vocab[special] = len(vocab)
+    from swudi_lab.hub.standin import byte_level_vocabulary
+
+    vocab, merges = byte_level_vocabulary()
     (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     tok = CLIPTokenizer.from_pretrained(folder)

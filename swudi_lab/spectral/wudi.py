@@ -106,6 +106,16 @@ def _squared_norms(taus: torch.Tensor) -> torch.Tensor:
     return torch.stack([t.pow(2).sum() for t in taus.flatten(1)]) if taus.shape[0] else taus.new_zeros(0)
 
 
+def _checked_norms(taus: torch.Tensor) -> tuple[torch.Tensor, list[int]]:
+    """``(n, live)``: the norms ``n_i`` (finite, checked: a NaN or Inf entry makes ``n_i`` non-finite)
+    and the indices of the live experts (``n_i > 0``)."""
+    n = _squared_norms(taus)
+    if not bool(torch.isfinite(n).all()):
+        bad = [i for i in range(taus.shape[0]) if not torch.isfinite(n[i])]
+        raise ValueError(f"task vectors of expert(s) {bad} contain NaN or Inf")
+    return n, (n > 0).nonzero().flatten().tolist()
+
+
 def layer_operator(taus: torch.Tensor, *, start: bool = False):
     """``(C, rhs, norms, n_live, L(0))`` of one layer at the per-layer cost model's floor.
 
@@ -123,11 +133,7 @@ def layer_operator(taus: torch.Tensor, *, start: bool = False):
     ``theta0 = sum_i tau_i`` below it. Returns a :class:`LayerOperator`.
     """
     N, d_out, d_in = taus.shape
-    n = _squared_norms(taus)
-    if not bool(torch.isfinite(n).all()):
-        bad = [i for i in range(N) if not torch.isfinite(n[i])]
-        raise ValueError(f"task vectors of expert(s) {bad} contain NaN or Inf")
-    live = (n > 0).nonzero().flatten().tolist()
+    n, live = _checked_norms(taus)
     C = taus.new_zeros(d_in, d_in)
     rhs = taus.new_zeros((2 if start else 1) * d_out, d_in)
     D = rhs[:d_out]
@@ -179,11 +185,7 @@ def subspace_operator(taus: torch.Tensor, *, start: bool = False) -> SubspaceOpe
     O(d_in m^2 + m^3 + N d_out^2 d_in) instead of O(N d_out d_in^2 + d_in^3).
     """
     N, d_out, d_in = taus.shape
-    n = _squared_norms(taus)
-    if not bool(torch.isfinite(n).all()):
-        bad = [i for i in range(N) if not torch.isfinite(n[i])]
-        raise ValueError(f"task vectors of expert(s) {bad} contain NaN or Inf")
-    live = (n > 0).nonzero().flatten().tolist()
+    n, live = _checked_norms(taus)
     rhs = taus.new_zeros((2 if start else 1) * d_out, d_in)
     D = rhs[:d_out]
     const = taus.new_zeros(())

@@ -189,15 +189,7 @@ def _fix_log_axes(fig: go.Figure) -> None:
         if ax.type != "log" or ax.tickvals is not None or ax.dtick is not None:
             continue
         letter, ref = key[0], key[0] + key[5:]
-        vals = []
-        for tr in fig.data:
-            if (getattr(tr, f"{letter}axis", None) or letter) != ref or getattr(tr, letter, None) is None:
-                continue
-            try:
-                v = np.asarray(getattr(tr, letter), dtype=float).ravel()
-            except (TypeError, ValueError):
-                continue
-            vals.append(v[np.isfinite(v) & (v > 0)])
+        vals = [v[v > 0] for v in _axis_values(fig, letter, ref)]
         if ax.range is not None:
             vals.append(10.0 ** np.asarray(ax.range, dtype=float))
         v = np.concatenate(vals) if vals else np.array([])
@@ -211,7 +203,8 @@ def _fix_log_axes(fig: go.Figure) -> None:
                 ax.update(tickmode="array", tickvals=tv, ticktext=tt)
 
 
-def _data_extent(fig: go.Figure, letter: str, ref: str, log: bool):
+def _axis_values(fig: go.Figure, letter: str, ref: str) -> list[np.ndarray]:
+    """The finite numeric ``x`` (``letter="x"``) or ``y`` values of every trace drawn on axis ``ref``."""
     vals = []
     for tr in fig.data:
         if (getattr(tr, f"{letter}axis", None) or letter) != ref or getattr(tr, letter, None) is None:
@@ -220,8 +213,12 @@ def _data_extent(fig: go.Figure, letter: str, ref: str, log: bool):
             v = np.asarray(getattr(tr, letter), dtype=float).ravel()
         except (TypeError, ValueError):
             continue
-        v = v[np.isfinite(v)]
-        vals.append(np.log10(v[v > 0]) if log else v)
+        vals.append(v[np.isfinite(v)])
+    return vals
+
+
+def _data_extent(fig: go.Figure, letter: str, ref: str, log: bool):
+    vals = [np.log10(v[v > 0]) if log else v for v in _axis_values(fig, letter, ref)]
     v = np.concatenate(vals) if vals else np.array([])
     return (float(v.min()), float(v.max())) if v.size else None
 
