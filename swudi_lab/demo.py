@@ -301,32 +301,30 @@ def run_seed(seed: int, *, profile: str | Profile = "demo", device="cpu", quick:
                 sweeps.setdefault("wudi_steps", {})[label] = curve
             ph.done(", ".join(f"{lab} {c[-1]['avg_acc']:.1f}% at {c[-1]['steps']}" for lab, c in sweeps["wudi_steps"].items()))
 
-    with rep.phase(f"{tag} sweep: accuracy vs kappa (one eigh per layer)", total=len(prof.kappas) + 2, unit="merge") as ph:
-        kappa_rules = {f"{k:g}": (lambda d, n, k=k: exponential(kappa_time(k, d, n))) for k in prof.kappas}
-        kappa_rules["closed_form"] = per_layer(pseudoinverse())
-        merged = filter_sweep(base, experts, kappa_rules, device=device)
-        ph.update()
-        sweeps["kappa"] = []
-        for k in prof.kappas:
-            sweeps["kappa"].append({"kappa": k, **score(merged[f"{k:g}"])})
+    def rule_sweep(what, key, shown, values, make_rule, extra=None):
+        """One phase: ``make_rule(v, d, n)`` for every ``v`` of ``values`` (plus the named ``extra`` rules) merged
+        by :func:`filter_sweep` from one eigh per layer, then scored; fills ``sweeps[key]`` with ``{key: v, **scores}``
+        and ``sweeps[name]`` for each extra rule; ``shown`` names the swept value in the phase's closing note."""
+        rules = {f"{v:g}": (lambda d, n, v=v: make_rule(v, d, n)) for v in values} | (extra or {})
+        with rep.phase(f"{tag} sweep: accuracy vs {what} (one eigh per layer)", total=len(rules) + 1, unit="merge") as ph:
+            merged = filter_sweep(base, experts, rules, device=device)
             ph.update()
-        sweeps["closed_form"] = score(merged["closed_form"])
-        ph.update()
-        best = max(sweeps["kappa"], key=lambda r: r["avg_acc"])
-        ph.done(f"best {best['avg_acc']:.1f}% at kappa {best['kappa']:g}; closed form {sweeps['closed_form']['avg_acc']:.1f}%")
-
-    if prof.ratios:
-        with rep.phase(f"{tag} sweep: accuracy vs SWUDI ratio (one eigh per layer)", total=len(prof.ratios) + 1,
-                       unit="merge") as ph:
-            ratio_rules = {f"{r:g}": (lambda d, n, r=r: swudi(kappa_time(PAPER_KAPPA_SWUDI, d, n), ratio=r)) for r in prof.ratios}
-            merged = filter_sweep(base, experts, ratio_rules, device=device)
-            ph.update()
-            sweeps["ratio"] = []
-            for r in prof.ratios:
-                sweeps["ratio"].append({"ratio": r, **score(merged[f"{r:g}"])})
+            sweeps[key] = []
+            for v in values:
+                sweeps[key].append({key: v, **score(merged[f"{v:g}"])})
                 ph.update()
-            best = max(sweeps["ratio"], key=lambda x: x["avg_acc"])
-            ph.done(f"best {best['avg_acc']:.1f}% at r = {best['ratio']:g}")
+            for name in extra or {}:
+                sweeps[name] = score(merged[name])
+                ph.update()
+            best = max(sweeps[key], key=lambda r: r["avg_acc"])
+            ph.done(f"best {best['avg_acc']:.1f}% at {shown} {best[key]:g}"
+                    + "".join(f"; {name.replace('_', ' ')} {sweeps[name]['avg_acc']:.1f}%" for name in extra or {}))
+
+    rule_sweep("kappa", "kappa", "kappa", prof.kappas, lambda k, d, n: exponential(kappa_time(k, d, n)),
+               extra={"closed_form": per_layer(pseudoinverse())})
+    if prof.ratios:
+        rule_sweep("SWUDI ratio", "ratio", "r =", prof.ratios,
+                   lambda r, d, n: swudi(kappa_time(PAPER_KAPPA_SWUDI, d, n), ratio=r))
     sweeps["images_per_task"] = min(len(y) for _, y in sweep_data.values())
     out["seconds"] = time.perf_counter() - t_start
     return out
