@@ -543,8 +543,8 @@ def run_demo(seeds=None, *, profile: str | Profile = "demo", out_dir=None, devic
     wall = time.perf_counter() - t_start
     log(f"{prof.name} done in {_minutes(wall)} (wall time, {len(seeds)} seed{'s' if len(seeds) > 1 else ''}"
         f"{', quick' if quick else ''}).")
-    if prof.name == "demo":
-        log(_demo_note(len(seeds)))
+    if note:
+        log(note)
     return summary
 
 
