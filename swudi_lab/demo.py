@@ -208,6 +208,11 @@ def _score(state_dict, zoo, data, expert_acc, device, tick=None) -> dict:
     return {"avg_acc": average_accuracy(acc), "norm_acc": normalized_accuracy(acc, expert_acc), "per_task": acc}
 
 
+def _run_progress(progress: bool | str, log) -> Progress:
+    """A run's progress: :func:`~swudi_lab.progress.progress_mode` of ``progress``, one line per phase when it is false."""
+    return Progress(progress_mode(progress) if progress else "lines", log)
+
+
 def _zoo_progress(progress: bool | str, rep: Progress) -> bool | str:
     """The zoo build's progress: the run's mode, silent when the run has no progress (its lines only)."""
     return progress if isinstance(progress, str) else (rep.mode if progress else False)
@@ -229,7 +234,7 @@ def run_seed(seed: int, *, profile: str | Profile = "demo", device="cpu", quick:
     from .zoo import build_zoo
 
     prof = _as_profile(profile, quick)
-    rep = Progress(progress_mode(progress) if progress else "lines", log)
+    rep = _run_progress(progress, log)
     tag = f"[seed {seed}]"
     t_start = time.perf_counter()
     if zoo is None:
@@ -509,7 +514,7 @@ def run_demo(seeds=None, *, profile: str | Profile = "demo", out_dir=None, devic
     legacy = paths.demo_results_dir() / "seeds" if prof.name == "study" else None
     from .zoo import build_zoo
 
-    rep = Progress(progress_mode(progress) if progress else "lines", log)
+    rep = _run_progress(progress, log)
     zoo_progress = _zoo_progress(progress, rep)
     per_seed = []
     for s in seeds:
