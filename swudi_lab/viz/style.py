@@ -153,9 +153,13 @@ _SUP_RE = re.compile(r"(?<=[\w)>\u0370-\u03ff])\^(\{[^}]*\}|[-+]?[A-Za-z0-9.]+|\
 _E_RE = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)e([+-]?\d+)(?![\w.])")
 
 
-def _power(m) -> str:
-    mant, exp = m.group(1), int(m.group(2))
+def _times_ten(mant: str, exp: int) -> str:
+    """``mant·10^exp`` in HTML (``10^exp`` alone when the mantissa is 1), with a true minus sign."""
     return ("" if mant in ("1", "1.0") else f"{mant}·") + f"10<sup>{str(exp).replace('-', '−')}</sup>"
+
+
+def _power(m) -> str:
+    return _times_ten(m.group(1), int(m.group(2)))
 
 
 def tick_text(v: float, plain: bool | None = None) -> str:
@@ -166,8 +170,7 @@ def tick_text(v: float, plain: bool | None = None) -> str:
     if plain if plain is not None else 1e-3 <= abs(v) < 1e4:
         return f"{v:.6g}"
     mant, exp = f"{v:.1e}".split("e")
-    mant = mant.rstrip("0").rstrip(".")
-    return ("" if mant == "1" else f"{mant}·") + f"10<sup>{str(int(exp)).replace('-', '−')}</sup>"
+    return _times_ten(mant.rstrip("0").rstrip("."), int(exp))
 
 
 def _log_ticks(lo: float, hi: float):
