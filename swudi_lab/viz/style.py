@@ -62,7 +62,6 @@ QUALITATIVE = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9",
                "#44AA99", "#999933", "#AA4499", "#000000", "#DDCC77", "#117733", "#88CCEE"]
 """The qualitative cycle for curves without a palette colour, and for a second curve of one kind
 in a figure: colour-blind-safe colours in the order they stay distinct (Okabe-Ito, then Tol muted)."""
-_QUALITATIVE = QUALITATIVE
 
 FONT = "Inter, Helvetica, Arial, sans-serif"
 
