@@ -264,8 +264,7 @@ def int_ticks(fig: go.Figure, axis: str = "x", values=None, *, max_ticks: int = 
     """
     letter = axis[0]
     if values is None:
-        values = [v for tr in fig.data if (getattr(tr, f"{letter}axis", None) or letter) == axis
-                  for v in (getattr(tr, letter, None) or []) if v is not None]
+        values = np.concatenate(_axis_values(fig, letter, axis) or [np.array([])])
     v = np.asarray([float(x) for x in values if x is not None and np.isfinite(float(x))])
     span = float(v.max() - v.min()) if v.size else 1.0
     step = 1
