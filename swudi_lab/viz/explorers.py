@@ -109,17 +109,15 @@ def _log_slider(description, value, lo, hi, *, steps: int = 60, readout_format: 
 def _log_range(values, pad: float = 0.08) -> list:
     """A fixed log10 axis range covering the finite positive ``values`` (so axes stay put while exploring)."""
     v = np.asarray(values, dtype=float).ravel()
-    v = v[np.isfinite(v) & (v > 0)]
-    lo, hi = float(np.log10(v.min())), float(np.log10(v.max()))
-    span = max(hi - lo, 0.1)
-    return [lo - pad * span, hi + pad * span]
+    return _lin_range(np.log10(v[np.isfinite(v) & (v > 0)]), pad, min_span=0.1)
 
 
-def _lin_range(values, pad: float = 0.08) -> list:
+def _lin_range(values, pad: float = 0.08, min_span: float = 1e-9) -> list:
+    """A fixed axis range covering the finite ``values``, padded by ``pad`` of their span (at least ``min_span``)."""
     v = np.asarray(values, dtype=float).ravel()
     v = v[np.isfinite(v)]
     lo, hi = float(v.min()), float(v.max())
-    span = max(hi - lo, 1e-9)
+    span = max(hi - lo, min_span)
     return [lo - pad * span, hi + pad * span]
 
 
