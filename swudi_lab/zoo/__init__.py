@@ -31,4 +31,3 @@ __all__ = [
     "TASK_CLASSES", "TASKS", "make_split", "FinetuneRecipe", "PretrainRecipe",
     "finetune", "pretrain", "prototype_heads", "task_vector_ratio",
 ]
-

@@ -585,7 +585,6 @@ def _warn_missed_targets(seed, targets: dict) -> None:
         warnings.warn(f"zoo seed {seed} misses its targets: {'; '.join(missed)}", stacklevel=3)
 
 
-
 # ----------------------------------------------------------------------------- release pack
 
 
