@@ -60,14 +60,13 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import torch
 
+from ..files import AtomicFile, atomic_dir
 from ..merge.io import (Checkpoint, DictCheckpoint, HFDirectoryCheckpoint, SafetensorsCheckpoint, SafetensorsWriter,
                         open_checkpoint, read_json)
 from ..merge.routing import VISION_PREFIX, vision_prefix
@@ -732,16 +731,10 @@ def _to_hf(src: Path, dst: Path, user_cfg, config_path, prefix: str) -> dict:
     for k in ("initializer_range", "initializer_factor", "attention_dropout"):
         if k in vc:
             out_cfg[k] = vc[k]
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
-    try:
+    with atomic_dir(dst) as tmp:
         _write_atomically(plan, tmp / "model.safetensors", {"format": "pt"},
                           extra_text={tmp / "config.json": json.dumps(out_cfg, indent=2, sort_keys=True) + "\n"})
         os.chmod(tmp, 0o755)
-        os.rename(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"to": "hf", "out": str(dst), "tensors": len(plan.rules), "skipped": [], "hf_prefix": prefix,
             "num_classes": plan.dims["num_classes"], "assumed": assumed}
 
@@ -749,23 +742,17 @@ def _to_hf(src: Path, dst: Path, user_cfg, config_path, prefix: str) -> dict:
 def _write_atomically(plan: ConversionPlan, path: Path, metadata: dict, extra_text: Mapping[Path, str] = ()) -> None:
     """Stream the plan into ``path`` (temp + rename) and write ``extra_text`` files next to it, all or nothing."""
     rules = {r.out: r for r in plan.rules}
-    staged = []
+    staged: list[AtomicFile] = []
     try:
         for p, text in dict(extra_text).items():  # staged under temporary names first
-            p.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.chmod(tmp, 0o644)
-            staged.append((tmp, p))
+            staged.append(AtomicFile(p))
+            staged[-1].tmp.write_text(text)
         with SafetensorsWriter(path, plan.layout(), metadata) as w:
             for k in w.order:
                 w.write(k, plan.tensor(rules[k]))
-        for tmp, p in staged:
-            os.replace(tmp, p)
-        staged = []
+        while staged:
+            staged.pop(0).commit()
     finally:
-        for tmp, _ in staged:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        for f in staged:
+            f.abort()
 
