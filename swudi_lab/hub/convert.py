@@ -717,10 +717,9 @@ def _to_hf(src: Path, dst: Path, user_cfg, config_path, prefix: str) -> dict:
         label = str(config_path)
     else:
         hf_cfg = read_json(side, "timm sidecar").get("hf_config") if side.is_file() else None
-        spec = read_timm_spec(src)
         if hf_cfg is not None:
             vc, proj, label = vision_config(hf_cfg, str(side))[0], None, str(side)
-        elif spec is not None:
+        elif (spec := read_timm_spec(src)) is not None:  # read only when the sidecar has no hf_config
             vc, proj, label = hf_config_from_timm_spec(spec), None, f"{src} timm spec"
         else:
             vc, assumed = infer_hf_config(plan.dims)
