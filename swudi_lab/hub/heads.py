@@ -27,9 +27,7 @@ instead warns and rebuilds it (the base model is then loaded). A stale head is n
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +37,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from . import require
+from ..files import atomic_path
 from ..merge.fetch import is_local, resolve_source
 from .tasks import TaskSpec, get_task, prompts_hash
 
@@ -225,22 +224,16 @@ def _tensors_sha256(tensors: dict) -> str:
 
 
 def save_head(head: ZeroShotHead, path) -> Path:
-    """Write ``head`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    """Write ``head`` to ``path`` atomically (:func:`swudi_lab.files.atomic_path`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {"weight": head.weight.detach().float().cpu().contiguous(),
                "logit_scale": head.logit_scale.detach().float().cpu().reshape(()).contiguous(),
                "visual_projection": head.visual_projection.detach().float().cpu().contiguous()}
     metadata = {"format": HEAD_FORMAT, "base": head.base, "task": head.task,
                 "num_classes": str(head.num_classes), "num_templates": str(head.num_templates),
                 "prompts_hash": head.prompts_hash, "tensors_sha256": _tensors_sha256(tensors)}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
