@@ -39,7 +39,7 @@ from safetensors.torch import save_file
 from . import require
 from ..files import atomic_path
 from ..merge.fetch import is_local, resolve_source
-from .tasks import TaskSpec, get_task, prompts_hash
+from .tasks import TaskSpec, get_task, prompts_hash, render_prompts
 
 __all__ = ["ZeroShotHead", "HeadCacheError", "DEFAULT_CACHE_DIR", "HEAD_FORMAT", "MODEL_PATTERNS",
            "load_clip", "encode_text", "build_head", "zeroshot_head", "head_path", "save_head",
@@ -144,10 +144,6 @@ def encode_text(model, tokenizer, prompts, *, batch_size: int = 256) -> torch.Te
     return torch.cat(out)
 
 
-def _render(classnames, templates) -> list[list[str]]:
-    return [[t.format(c) if isinstance(t, str) else t(c) for t in templates] for c in classnames]
-
-
 def build_head(model, tokenizer, task: "TaskSpec | str", *, base: str = "", batch_size: int = 256) -> ZeroShotHead:
     """The zero-shot head of ``task`` under ``model`` (a ``CLIPModel``) and its ``tokenizer``.
 
@@ -157,7 +153,7 @@ def build_head(model, tokenizer, task: "TaskSpec | str", *, base: str = "", batc
     spec = get_task(task)
     if not spec.classnames or not spec.templates:
         raise ValueError(f"task {spec.id!r} has {len(spec.classnames)} class names and {len(spec.templates)} templates")
-    prompts = _render(spec.classnames, spec.templates)
+    prompts = render_prompts(spec.classnames, spec.templates)
     k, t = len(prompts), len(spec.templates)
     feats = encode_text(model, tokenizer, [p for row in prompts for p in row], batch_size=batch_size)
     emb = _normalize(feats).reshape(k, t, -1).mean(dim=1)
