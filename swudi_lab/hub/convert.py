@@ -224,11 +224,11 @@ def _fmt(keys: Sequence[str], n: int = 8) -> str:
 class _Shapes:
     """Shape checks against a source, with errors naming the key, its shape and the expected one."""
 
-    def __init__(self, src: Checkpoint, what: str):
-        self.src, self.what = src, what
+    def __init__(self, src: Checkpoint, what: str, keys: set[str]):
+        self.src, self.what, self.keys = src, what, keys
 
     def need(self, key: str, ndim: int | None = None) -> tuple[int, ...]:
-        if key not in self._keys:
+        if key not in self.keys:
             raise ValueError(f"{self.src.label}: {self.what} key {key!r} is missing")
         s = tuple(self.src.shape(key))
         if ndim is not None and len(s) != ndim:
@@ -255,12 +255,6 @@ class _Shapes:
                              f"({', '.join(map(str, want))}{',' if len(want) == 1 else ''})")
         sizes.update(new)
         return s
-
-    @property
-    def _keys(self):
-        if not hasattr(self, "_k"):
-            self._k = set(self.src.keys())
-        return self._k
 
 
 def detect_hf_prefix(keys) -> str:
@@ -350,7 +344,7 @@ def plan_hf_to_timm(source, label: str = "HF state dict") -> ConversionPlan:
         prefix = detect_hf_prefix(keys)
     except ValueError as e:
         raise ValueError(f"{src.label}: {e}") from None
-    sh = _Shapes(src, "HF")
+    sh = _Shapes(src, "HF", set(keys))
     p = prefix
     skipped = [k for k in keys if _HF_SKIP.fullmatch(k) or k == p + _HF_BUFFER]
     depth = _depth([k[len(p):] for k in keys if k.startswith(p)], _HF_LAYER, src.label, "encoder.layers.<i>")
@@ -397,7 +391,7 @@ def plan_timm_to_hf(source, prefix: str = HF_PREFIX, label: str = "timm state di
             raise ValueError(f"{src.label}: {k!r} has no HF CLIP counterpart: {why}")
     if "norm_pre.weight" not in ks:
         raise ValueError(f"{src.label}: no 'norm_pre.weight': not a CLIP ViT (timm builds CLIP towers with pre_norm=True)")
-    sh = _Shapes(src, "timm")
+    sh = _Shapes(src, "timm", ks)
     p = prefix
     depth = _depth(keys, _TIMM_BLOCK, src.label, "blocks.<i>")
     rules, sizes = _table_rules(src, sh, p, depth, to_timm=False)
