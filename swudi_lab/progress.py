@@ -29,6 +29,12 @@ __all__ = ["MODES", "progress_mode", "Phase", "Progress"]
 MODES = ("bars", "lines", "off")
 
 
+def _check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"progress mode {mode!r}: expected one of {', '.join(MODES)}")
+    return mode
+
+
 def _is_terminal(stream) -> bool:
     try:
         return bool(stream.isatty())
@@ -47,9 +53,7 @@ def progress_mode(progress: bool | str = True, stream=None) -> str:
     kernel runs the code, ``"lines"`` when ``progress`` and the output is a log, ``"off"`` when not
     ``progress``. A mode name passes through (``ValueError`` for any other string)."""
     if isinstance(progress, str):
-        if progress not in MODES:
-            raise ValueError(f"progress mode {progress!r}: expected one of {', '.join(MODES)}")
-        return progress
+        return _check_mode(progress)
     if not progress:
         return "off"
     stream = sys.stderr if stream is None else stream
@@ -69,9 +73,7 @@ class Phase:
 
     def __init__(self, desc: str, total: int | None = None, *, mode: str = "lines", log: Callable = _print,
                  unit: str = "step"):
-        if mode not in MODES:
-            raise ValueError(f"progress mode {mode!r}: expected one of {', '.join(MODES)}")
-        self.desc, self.total, self.mode, self.log, self.note = desc, total, mode, log, ""
+        self.desc, self.total, self.mode, self.log, self.note = desc, total, _check_mode(mode), log, ""
         self._t0 = time.perf_counter()
         self._bar = None
         if mode == "bars":
@@ -112,8 +114,7 @@ class Progress:
     log: Callable[[str], None] = field(default=_print)
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"progress mode {self.mode!r}: expected one of {', '.join(MODES)}")
+        _check_mode(self.mode)
 
     @contextmanager
     def phase(self, desc: str, total: int | None = None, unit: str = "step") -> Iterator[Phase]:

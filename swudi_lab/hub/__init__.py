@@ -8,9 +8,7 @@ packages through :func:`require`, which names the extra when one is missing.
 
 from __future__ import annotations
 
-__all__ = ["require", "EXTRA_HINT"]
-
-EXTRA_HINT = 'pip install "swudi_lab[hub]"'
+__all__ = ["require"]
 
 
 def require(module: str):

@@ -42,7 +42,7 @@ from . import require
 from .convert import detect_hf_prefix
 from .data import load_test_set
 from ..merge.fetch import resolve_source
-from ..merge.io import HFDirectoryCheckpoint
+from ..merge.io import HFDirectoryCheckpoint, read_json
 from .heads import head_path, image_logits, load_clip, zeroshot_head
 from .tasks import TA8, base_model_id, expert_ids, get_family, get_task
 
@@ -181,7 +181,7 @@ def _vision_state(folder: Path, what: str) -> dict[str, torch.Tensor]:
 
 
 def _vision_config(folder: Path) -> dict:
-    config = json.loads((folder / "config.json").read_text())
+    config = read_json(folder / "config.json", "model config")
     return config.get("vision_config", config)
 
 

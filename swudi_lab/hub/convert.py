@@ -60,14 +60,13 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import torch
 
+from ..files import AtomicFile, atomic_dir
 from ..merge.io import (Checkpoint, DictCheckpoint, HFDirectoryCheckpoint, SafetensorsCheckpoint, SafetensorsWriter,
                         open_checkpoint, read_json)
 from ..merge.routing import VISION_PREFIX, vision_prefix
@@ -225,11 +224,11 @@ def _fmt(keys: Sequence[str], n: int = 8) -> str:
 class _Shapes:
     """Shape checks against a source, with errors naming the key, its shape and the expected one."""
 
-    def __init__(self, src: Checkpoint, what: str):
-        self.src, self.what = src, what
+    def __init__(self, src: Checkpoint, what: str, keys: set[str]):
+        self.src, self.what, self.keys = src, what, keys
 
     def need(self, key: str, ndim: int | None = None) -> tuple[int, ...]:
-        if key not in self._keys:
+        if key not in self.keys:
             raise ValueError(f"{self.src.label}: {self.what} key {key!r} is missing")
         s = tuple(self.src.shape(key))
         if ndim is not None and len(s) != ndim:
@@ -256,12 +255,6 @@ class _Shapes:
                              f"({', '.join(map(str, want))}{',' if len(want) == 1 else ''})")
         sizes.update(new)
         return s
-
-    @property
-    def _keys(self):
-        if not hasattr(self, "_k"):
-            self._k = set(self.src.keys())
-        return self._k
 
 
 def detect_hf_prefix(keys) -> str:
@@ -351,7 +344,7 @@ def plan_hf_to_timm(source, label: str = "HF state dict") -> ConversionPlan:
         prefix = detect_hf_prefix(keys)
     except ValueError as e:
         raise ValueError(f"{src.label}: {e}") from None
-    sh = _Shapes(src, "HF")
+    sh = _Shapes(src, "HF", set(keys))
     p = prefix
     skipped = [k for k in keys if _HF_SKIP.fullmatch(k) or k == p + _HF_BUFFER]
     depth = _depth([k[len(p):] for k in keys if k.startswith(p)], _HF_LAYER, src.label, "encoder.layers.<i>")
@@ -398,7 +391,7 @@ def plan_timm_to_hf(source, prefix: str = HF_PREFIX, label: str = "timm state di
             raise ValueError(f"{src.label}: {k!r} has no HF CLIP counterpart: {why}")
     if "norm_pre.weight" not in ks:
         raise ValueError(f"{src.label}: no 'norm_pre.weight': not a CLIP ViT (timm builds CLIP towers with pre_norm=True)")
-    sh = _Shapes(src, "timm")
+    sh = _Shapes(src, "timm", ks)
     p = prefix
     depth = _depth(keys, _TIMM_BLOCK, src.label, "blocks.<i>")
     rules, sizes = _table_rules(src, sh, p, depth, to_timm=False)
@@ -718,10 +711,9 @@ def _to_hf(src: Path, dst: Path, user_cfg, config_path, prefix: str) -> dict:
         label = str(config_path)
     else:
         hf_cfg = read_json(side, "timm sidecar").get("hf_config") if side.is_file() else None
-        spec = read_timm_spec(src)
         if hf_cfg is not None:
             vc, proj, label = vision_config(hf_cfg, str(side))[0], None, str(side)
-        elif spec is not None:
+        elif (spec := read_timm_spec(src)) is not None:  # read only when the sidecar has no hf_config
             vc, proj, label = hf_config_from_timm_spec(spec), None, f"{src} timm spec"
         else:
             vc, assumed = infer_hf_config(plan.dims)
@@ -732,16 +724,10 @@ def _to_hf(src: Path, dst: Path, user_cfg, config_path, prefix: str) -> dict:
     for k in ("initializer_range", "initializer_factor", "attention_dropout"):
         if k in vc:
             out_cfg[k] = vc[k]
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
-    try:
+    with atomic_dir(dst) as tmp:
         _write_atomically(plan, tmp / "model.safetensors", {"format": "pt"},
                           extra_text={tmp / "config.json": json.dumps(out_cfg, indent=2, sort_keys=True) + "\n"})
         os.chmod(tmp, 0o755)
-        os.rename(tmp, dst)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"to": "hf", "out": str(dst), "tensors": len(plan.rules), "skipped": [], "hf_prefix": prefix,
             "num_classes": plan.dims["num_classes"], "assumed": assumed}
 
@@ -749,23 +735,17 @@ def _to_hf(src: Path, dst: Path, user_cfg, config_path, prefix: str) -> dict:
 def _write_atomically(plan: ConversionPlan, path: Path, metadata: dict, extra_text: Mapping[Path, str] = ()) -> None:
     """Stream the plan into ``path`` (temp + rename) and write ``extra_text`` files next to it, all or nothing."""
     rules = {r.out: r for r in plan.rules}
-    staged = []
+    staged: list[AtomicFile] = []
     try:
         for p, text in dict(extra_text).items():  # staged under temporary names first
-            p.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-            os.chmod(tmp, 0o644)
-            staged.append((tmp, p))
+            staged.append(AtomicFile(p))
+            staged[-1].tmp.write_text(text)
         with SafetensorsWriter(path, plan.layout(), metadata) as w:
             for k in w.order:
                 w.write(k, plan.tensor(rules[k]))
-        for tmp, p in staged:
-            os.replace(tmp, p)
-        staged = []
+        while staged:
+            staged.pop(0).commit()
     finally:
-        for tmp, _ in staged:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        for f in staged:
+            f.abort()
 

@@ -27,9 +27,7 @@ instead warns and rebuilds it (the base model is then loaded). A stale head is n
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,8 +37,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from . import require
+from ..files import atomic_path
 from ..merge.fetch import is_local, resolve_source
-from .tasks import TaskSpec, get_task, prompts_hash
+from .tasks import TaskSpec, get_task, prompts_hash, render_prompts
 
 __all__ = ["ZeroShotHead", "HeadCacheError", "DEFAULT_CACHE_DIR", "HEAD_FORMAT", "MODEL_PATTERNS",
            "load_clip", "encode_text", "build_head", "zeroshot_head", "head_path", "save_head",
@@ -145,10 +144,6 @@ def encode_text(model, tokenizer, prompts, *, batch_size: int = 256) -> torch.Te
     return torch.cat(out)
 
 
-def _render(classnames, templates) -> list[list[str]]:
-    return [[t.format(c) if isinstance(t, str) else t(c) for t in templates] for c in classnames]
-
-
 def build_head(model, tokenizer, task: "TaskSpec | str", *, base: str = "", batch_size: int = 256) -> ZeroShotHead:
     """The zero-shot head of ``task`` under ``model`` (a ``CLIPModel``) and its ``tokenizer``.
 
@@ -158,7 +153,7 @@ def build_head(model, tokenizer, task: "TaskSpec | str", *, base: str = "", batc
     spec = get_task(task)
     if not spec.classnames or not spec.templates:
         raise ValueError(f"task {spec.id!r} has {len(spec.classnames)} class names and {len(spec.templates)} templates")
-    prompts = _render(spec.classnames, spec.templates)
+    prompts = render_prompts(spec.classnames, spec.templates)
     k, t = len(prompts), len(spec.templates)
     feats = encode_text(model, tokenizer, [p for row in prompts for p in row], batch_size=batch_size)
     emb = _normalize(feats).reshape(k, t, -1).mean(dim=1)
@@ -225,22 +220,16 @@ def _tensors_sha256(tensors: dict) -> str:
 
 
 def save_head(head: ZeroShotHead, path) -> Path:
-    """Write ``head`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    """Write ``head`` to ``path`` atomically (:func:`swudi_lab.files.atomic_path`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {"weight": head.weight.detach().float().cpu().contiguous(),
                "logit_scale": head.logit_scale.detach().float().cpu().reshape(()).contiguous(),
                "visual_projection": head.visual_projection.detach().float().cpu().contiguous()}
     metadata = {"format": HEAD_FORMAT, "base": head.base, "task": head.task,
                 "num_classes": str(head.num_classes), "num_templates": str(head.num_templates),
                 "prompts_hash": head.prompts_hash, "tensors_sha256": _tensors_sha256(tensors)}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

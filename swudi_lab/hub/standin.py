@@ -184,7 +184,6 @@ def build_standin(root, *, tasks=TA8, images_per_class: int = 2, seed: int = 0) 
                               "missing); remove it or choose another folder")
     require("transformers").utils.logging.disable_progress_bar()  # save_pretrained's shard bars
     with atomic_dir(root) as tmp:
-        tmp = Path(tmp)
         (tmp / "base").mkdir()
         tok = _save_tokenizer(tmp / "base")
         base = _base_model(tok, seed)

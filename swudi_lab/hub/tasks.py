@@ -23,7 +23,7 @@ from ..registry import Registry
 from .task_data import CLASSNAMES, TEMPLATES
 
 __all__ = ["TaskSpec", "ModelFamily", "TASKS", "FAMILIES", "TA8", "get_task", "get_family",
-           "base_model_id", "expert_id", "expert_ids", "prompts_hash"]
+           "base_model_id", "expert_id", "expert_ids", "prompts_hash", "render_prompts"]
 
 EXPERT_OWNER = "tanganke"
 
@@ -90,7 +90,7 @@ class TaskSpec:
 
     def prompts(self) -> list[list[str]]:
         """``prompts()[k][t]``: template ``t`` filled with class ``k``."""
-        return [[t.format(c) for t in self.templates] for c in self.classnames]
+        return render_prompts(self.classnames, self.templates)
 
     def expert_id(self, family: "ModelFamily | str" = "clip-vit-base-patch32") -> str:
         return get_family(family).expert_id(self)
@@ -99,12 +99,17 @@ class TaskSpec:
         return prompts_hash(self.classnames, self.templates)
 
 
+def render_prompts(classnames, templates) -> list[list[str]]:
+    """``[k][t]``: template ``t`` (a ``str.format`` string or a callable) filled with class ``k``."""
+    return [[t.format(c) if isinstance(t, str) else t(c) for t in templates] for c in classnames]
+
+
 def prompts_hash(classnames, templates) -> str:
     """SHA-256 (hex) of the class names and the prompts they make; templates are strings or callables.
 
     Hashing the rendered prompts covers both kinds of template and is exactly what the head depends on.
     """
-    rendered = [[t.format(c) if isinstance(t, str) else t(c) for t in templates] for c in classnames]
+    rendered = render_prompts(classnames, templates)
     blob = json.dumps({"classnames": list(classnames), "prompts": rendered}, ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
