@@ -71,13 +71,13 @@ from ..spectral import (
     subspace_operator,
     kappa_time,
     live_count,
+    live_experts,
     loss_constant,
     make_filter,
     pseudoinverse,
     quadratic_loss,
     spectral_estimate,
     swudi,
-    task_norms,
     tikhonov,
     time_kappa,
     top_k,
@@ -422,11 +422,10 @@ def lam_max(taus: torch.Tensor) -> float:
     the smaller Gram matrix of the stacked normalized task matrix ``T`` (``C = T^T T``; ``T T^T``
     has the same nonzero spectrum), so it costs ``O(min(d_in, N d_out)^2 max(...))`` without ``D``
     or eigenvectors. Zero experts are skipped; 0 for an all-zero layer."""
-    n = task_norms(taus)
-    live = n > 0
-    if not bool(live.any()):
+    t, n = live_experts(taus)
+    if not n.numel():
         return 0.0
-    T = (taus[live] / n[live].sqrt().view(-1, 1, 1)).reshape(-1, taus.shape[-1])
+    T = (t / n.sqrt().view(-1, 1, 1)).reshape(-1, taus.shape[-1])
     G = T @ T.T if T.shape[0] < T.shape[1] else T.T @ T
     return float(torch.linalg.eigvalsh(0.5 * (G + G.T))[-1])
 
@@ -455,9 +454,7 @@ def consensus_factors(taus: torch.Tensor, V: torch.Tensor, power: float, floor: 
     ``count_k = 1 / sum_i w_ik^2`` (their effective number along q_k); ``c_k = clamp(count_k / N_live,
     0, 1)``. A direction no expert touches gets ``c_k = 1``. Returns a (d_in,) tensor.
     """
-    n = task_norms(taus)
-    live = n > 0
-    t, n = taus[live], n[live]
+    t, n = live_experts(taus)
     w = torch.stack([(ti @ V).pow(2).sum(0) for ti in t]) / n.view(-1, 1)  # (N_live, d_in), one expert at a time
     total = w.sum(0)
     touched = total > 0
@@ -481,9 +478,7 @@ def _direction_filter(name: str, params: dict, factors: torch.Tensor) -> Filter:
 def output_exp_filter(taus: torch.Tensor, t_out: float):
     """SWUDI's output-side filter: ``theta -> U diag(1 - exp(-sigma t_E)) U^T theta`` with
     ``E = sum_i tau_i tau_i^T / n_i = U diag(sigma) U^T`` (d_out x d_out, live experts, sigma clamped at 1e-8)."""
-    n = task_norms(taus)
-    live = n > 0
-    t, n = taus[live], n[live]
+    t, n = live_experts(taus)
     E = ((t / n.view(-1, 1, 1)) @ t.transpose(1, 2)).sum(0)
     sigma, U = torch.linalg.eigh(0.5 * (E + E.T))
     g = -torch.expm1(-sigma.clamp_min(EIGEN_FLOOR) * t_out)
@@ -677,9 +672,7 @@ def optmerge_problem(taus: torch.Tensor, rank: int | None = None):
     times the right singular vectors of ``tau_i``. Returns ``(targets (N, d_out, d_in),
     projectors (N, K, d_in), norms n_i (N,), K)``.
     """
-    n = task_norms(taus)
-    live = n > 0
-    t, n = taus[live], n[live]
+    t, n = live_experts(taus)
     N, d_out, d_in = t.shape
     K = min(rank if rank is not None else max(1, min(d_out, d_in) // N), min(d_out, d_in))
     mean = t.mean(0)
