@@ -32,8 +32,8 @@ start ``theta0 = sum_i tau_i`` (``init="sum"``) or 0, and ``delta = scale * thet
 - ``optmerge``:    OptMerge (the authors' WUDI v2 baseline): Adam on
   ``sum_i ||(theta - target_i) P_i^T||^2 / n_i`` with per-expert low-rank targets and projectors.
 
-Spectral methods share one code path (:func:`spectral_layer`): ``interference_operator``, one
-``eigh``, a filter, ``spectral_estimate``. The exponential time is not scale-free; ``kappa``
+Spectral methods share one code path (:func:`spectral_layer`): ``layer_operator``, one
+``eigh``, a filter, ``eigenbasis_estimate``. The exponential time is not scale-free; ``kappa``
 replaces ``t`` by ``t = kappa d_in / N_live`` per layer (:func:`~swudi_lab.spectral.kappa_time`) (``N_live`` = experts with a nonzero task
 vector on the layer, ``trace(C) = N_live``), and both are reported.
 
@@ -65,18 +65,15 @@ from ..spectral import (
     eigenbasis_estimate,
     eigh,
     filter_factors,
-    interference_operator,
     layer_operator,
     numerical_rank_tolerance,
     subspace_operator,
     kappa_time,
     live_count,
     live_experts,
-    loss_constant,
     make_filter,
     pseudoinverse,
     quadratic_loss,
-    spectral_estimate,
     swudi,
     tikhonov,
     time_kappa,
@@ -318,14 +315,14 @@ def wudi(taus: torch.Tensor, *, name: str = "",
         return _zero_layer(taus)
     if lr_rel is not None:
         lr = lr_rel * float(torch.linalg.vector_norm(taus)) / math.sqrt(taus.numel())  # RMS of the entries
-    C, D = interference_operator(taus)
+    op = layer_operator(taus)  # C, D and L(0) from the same Gram matrices
+    C, D, const = op.C, op.D, op.const
     theta0 = taus.sum(0) if init == "sum" else torch.zeros_like(taus[0])
     with torch.enable_grad():  # the engine runs under no_grad; the optimizers need autograd
         if reference:
             theta = wudi_reference(taus, theta0, lr=lr, steps=steps, eps=eps).final
         else:
             theta = adam_wudi(C, D, theta0, lr=lr, steps=steps, eps=eps).final
-    const = loss_constant(taus)
     info = {"n_live": n_live, "lr": lr, "steps": steps, "solver": "reference" if reference else "fast",
             "loss_before": proxy_loss(theta0, C, D, const), "loss_after": proxy_loss(theta, C, D, const)}
     return scale * theta, info
