@@ -502,11 +502,7 @@ def _energy(name: str, x, shape, order) -> torch.Tensor | None:
 
 
 def _size(name: str, x) -> int | None:
-    if x is None:
-        return None
-    if isinstance(x, bool) or not float(x).is_integer() or int(x) < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {x!r}")
-    return int(x)
+    return None if x is None else checked_count(name, x, 1)
 
 
 def choose_rank(lam, rule: str = "participation_sqrt", *, rhs_energy=None, start_energy=None, n_rows=None,
