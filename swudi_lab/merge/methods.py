@@ -32,8 +32,8 @@ start ``theta0 = sum_i tau_i`` (``init="sum"``) or 0, and ``delta = scale * thet
 - ``optmerge``:    OptMerge (the authors' WUDI v2 baseline): Adam on
   ``sum_i ||(theta - target_i) P_i^T||^2 / n_i`` with per-expert low-rank targets and projectors.
 
-Spectral methods share one code path (:func:`spectral_layer`): ``interference_operator``, one
-``eigh``, a filter, ``spectral_estimate``. The exponential time is not scale-free; ``kappa``
+Spectral methods share one code path (:func:`spectral_layer`): ``layer_operator``, one
+``eigh``, a filter, ``eigenbasis_estimate``. The exponential time is not scale-free; ``kappa``
 replaces ``t`` by ``t = kappa d_in / N_live`` per layer (:func:`~swudi_lab.spectral.kappa_time`) (``N_live`` = experts with a nonzero task
 vector on the layer, ``trace(C) = N_live``), and both are reported.
 
@@ -65,19 +65,16 @@ from ..spectral import (
     eigenbasis_estimate,
     eigh,
     filter_factors,
-    interference_operator,
     layer_operator,
     numerical_rank_tolerance,
     subspace_operator,
     kappa_time,
     live_count,
-    loss_constant,
+    live_experts,
     make_filter,
     pseudoinverse,
     quadratic_loss,
-    spectral_estimate,
     swudi,
-    task_norms,
     tikhonov,
     time_kappa,
     top_k,
@@ -318,14 +315,14 @@ def wudi(taus: torch.Tensor, *, name: str = "",
         return _zero_layer(taus)
     if lr_rel is not None:
         lr = lr_rel * float(torch.linalg.vector_norm(taus)) / math.sqrt(taus.numel())  # RMS of the entries
-    C, D = interference_operator(taus)
+    op = layer_operator(taus)  # C, D and L(0) from the same Gram matrices
+    C, D, const = op.C, op.D, op.const
     theta0 = taus.sum(0) if init == "sum" else torch.zeros_like(taus[0])
     with torch.enable_grad():  # the engine runs under no_grad; the optimizers need autograd
         if reference:
             theta = wudi_reference(taus, theta0, lr=lr, steps=steps, eps=eps).final
         else:
             theta = adam_wudi(C, D, theta0, lr=lr, steps=steps, eps=eps).final
-    const = loss_constant(taus)
     info = {"n_live": n_live, "lr": lr, "steps": steps, "solver": "reference" if reference else "fast",
             "loss_before": proxy_loss(theta0, C, D, const), "loss_after": proxy_loss(theta, C, D, const)}
     return scale * theta, info
@@ -422,11 +419,10 @@ def lam_max(taus: torch.Tensor) -> float:
     the smaller Gram matrix of the stacked normalized task matrix ``T`` (``C = T^T T``; ``T T^T``
     has the same nonzero spectrum), so it costs ``O(min(d_in, N d_out)^2 max(...))`` without ``D``
     or eigenvectors. Zero experts are skipped; 0 for an all-zero layer."""
-    n = task_norms(taus)
-    live = n > 0
-    if not bool(live.any()):
+    t, n = live_experts(taus)
+    if not n.numel():
         return 0.0
-    T = (taus[live] / n[live].sqrt().view(-1, 1, 1)).reshape(-1, taus.shape[-1])
+    T = (t / n.sqrt().view(-1, 1, 1)).reshape(-1, taus.shape[-1])
     G = T @ T.T if T.shape[0] < T.shape[1] else T.T @ T
     return float(torch.linalg.eigvalsh(0.5 * (G + G.T))[-1])
 
@@ -455,9 +451,7 @@ def consensus_factors(taus: torch.Tensor, V: torch.Tensor, power: float, floor: 
     ``count_k = 1 / sum_i w_ik^2`` (their effective number along q_k); ``c_k = clamp(count_k / N_live,
     0, 1)``. A direction no expert touches gets ``c_k = 1``. Returns a (d_in,) tensor.
     """
-    n = task_norms(taus)
-    live = n > 0
-    t, n = taus[live], n[live]
+    t, n = live_experts(taus)
     w = torch.stack([(ti @ V).pow(2).sum(0) for ti in t]) / n.view(-1, 1)  # (N_live, d_in), one expert at a time
     total = w.sum(0)
     touched = total > 0
@@ -481,9 +475,7 @@ def _direction_filter(name: str, params: dict, factors: torch.Tensor) -> Filter:
 def output_exp_filter(taus: torch.Tensor, t_out: float):
     """SWUDI's output-side filter: ``theta -> U diag(1 - exp(-sigma t_E)) U^T theta`` with
     ``E = sum_i tau_i tau_i^T / n_i = U diag(sigma) U^T`` (d_out x d_out, live experts, sigma clamped at 1e-8)."""
-    n = task_norms(taus)
-    live = n > 0
-    t, n = taus[live], n[live]
+    t, n = live_experts(taus)
     E = ((t / n.view(-1, 1, 1)) @ t.transpose(1, 2)).sum(0)
     sigma, U = torch.linalg.eigh(0.5 * (E + E.T))
     g = -torch.expm1(-sigma.clamp_min(EIGEN_FLOOR) * t_out)
@@ -677,9 +669,7 @@ def optmerge_problem(taus: torch.Tensor, rank: int | None = None):
     times the right singular vectors of ``tau_i``. Returns ``(targets (N, d_out, d_in),
     projectors (N, K, d_in), norms n_i (N,), K)``.
     """
-    n = task_norms(taus)
-    live = n > 0
-    t, n = taus[live], n[live]
+    t, n = live_experts(taus)
     N, d_out, d_in = t.shape
     K = min(rank if rank is not None else max(1, min(d_out, d_in) // N), min(d_out, d_in))
     mean = t.mean(0)

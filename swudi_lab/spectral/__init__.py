@@ -24,7 +24,7 @@ from .filters import (
     zero,
 )
 from .wudi import (LayerOperator, as_task_stack, interference_operator, kappa_time, layer_operator,
-                   subspace_operator, live_count, loss_constant, quadratic_loss, sum_init,
+                   subspace_operator, live_count, live_experts, loss_constant, quadratic_loss, sum_init,
                    task_norms, time_kappa, wudi_gradient, wudi_loss)
 from .iterative import (
     Trajectory,

@@ -46,7 +46,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..registry import Registry
+from ..registry import Registry, checked_number
 from .estimator import EIGEN_FLOOR, SVD, _tensor, filtered_solve, svd
 from .filters import Filter
 
@@ -242,12 +242,7 @@ def _gcv(curves: ParameterCurves) -> Choice:
 
 
 def _delta_tau(noise_norm, tau) -> tuple[float, float]:
-    try:
-        delta = float(noise_norm)
-    except (TypeError, ValueError):
-        raise ValueError(f"noise_norm must be a number, got {noise_norm!r}") from None
-    if not math.isfinite(delta) or delta < 0:
-        raise ValueError(f"noise_norm must be finite and >= 0, got {noise_norm!r}")
+    delta = checked_number("noise_norm", noise_norm, allow_zero=True)
     if isinstance(tau, bool) or not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
         raise ValueError(f"tau must be finite and > 0, got {tau!r}")
     return delta, float(tau)

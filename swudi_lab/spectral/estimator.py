@@ -115,15 +115,6 @@ def svd(A, dtype=None) -> SVD:
     return SVD(U, sigma, Vh.T)
 
 
-def _factors(filt: Filter, lam: torch.Tensor) -> torch.Tensor:
-    if not isinstance(filt, Filter):
-        raise ValueError(f"filt must be a swudi_lab.spectral.Filter, got {type(filt).__name__}")
-    f = filt(lam)
-    if not torch.isfinite(f).all():
-        raise ValueError(f"filter {filt} produced non-finite factors")
-    return f
-
-
 def numerical_rank_tolerance(lam: torch.Tensor, floor: float = EIGEN_FLOOR) -> float:
     """``max(floor, d eps lambda_max)`` for eigenvalues ``lam`` of a (d, d) PSD matrix: at or below
     it an eigenvalue is round-off (the numerical null space)."""
@@ -266,8 +257,8 @@ def filtered_solve(A, b, filt: Filter, *, decomposition: SVD | None = None,
     if b.shape[0] != U.shape[0]:
         raise ValueError(f"b has {b.shape[0]} rows but A has {U.shape[0]}")
     lam = sigma**2
-    _factors(filt, lam)  # validates the filter's output
-    weights = filt.over_lambda(lam, floor) * sigma  # f / sigma = (f / lambda) sigma, 0 where sigma = 0
+    _, over = filter_factors(filt, lam, floor)  # one evaluation, validated finite
+    weights = over * sigma  # f / sigma = (f / lambda) sigma, 0 where sigma = 0
     coeff = U.T @ b
     coeff = coeff * (weights if b.ndim == 1 else weights[:, None])
     return V @ coeff

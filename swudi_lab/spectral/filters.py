@@ -104,10 +104,15 @@ class Filter:
         lam = lam.clamp_min(0)
         if self.over is not None:
             return self.over(lam, floor)
+        return self._divided(self.fn(lam), lam, floor)
+
+    def _divided(self, f: torch.Tensor, lam: torch.Tensor, floor: float) -> torch.Tensor:
+        """``f / lambda`` from the factors ``f`` on ``lam`` (clipped at 0): exact with ``slope0`` at 0,
+        else 0 at or below ``floor``."""
         if self.slope0 is None:
-            return torch.where(lam > floor, self.fn(lam) / lam.clamp_min(floor), torch.zeros_like(lam))
+            return torch.where(lam > floor, f / lam.clamp_min(floor), torch.zeros_like(lam))
         tiny = torch.finfo(lam.dtype).tiny
-        return torch.where(lam > 0, self.fn(lam) / lam.clamp_min(tiny), torch.full_like(lam, self.slope0))
+        return torch.where(lam > 0, f / lam.clamp_min(tiny), torch.full_like(lam, self.slope0))
 
     def evaluate(self, lam: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
         """``(f(lambda), f(lambda) / lambda)`` from one evaluation of every factor (lam: 1-D tensor).
@@ -125,14 +130,11 @@ class Filter:
                 return f, oa * fb
             if b.slope0 is not None or b.over is not None:
                 return f, ob * fa
-            return f, torch.where(lam > floor, f / lam.clamp_min(floor), torch.zeros_like(lam))
+            return f, self._divided(f, lam, floor)  # a product has no slope0: divided above the floor
         if self.over is not None:
             return self.fn(lam), self.over(lam, floor)
         f = self.fn(lam)
-        if self.slope0 is None:
-            return f, torch.where(lam > floor, f / lam.clamp_min(floor), torch.zeros_like(lam))
-        tiny = torch.finfo(lam.dtype).tiny
-        return f, torch.where(lam > 0, f / lam.clamp_min(tiny), torch.full_like(lam, self.slope0))
+        return f, self._divided(f, lam, floor)
 
     def __mul__(self, other: "Filter") -> "Filter":
         """Product filter ``f(lambda) = f1(lambda) * f2(lambda)`` (e.g. SWUDI = exp x top-K)."""

@@ -70,7 +70,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..registry import Registry
+from ..registry import Registry, checked_count, checked_number
 from .estimator import EIGEN_FLOOR, eigh, numerical_rank_tolerance
 
 __all__ = ["RANK_RULES", "CONTEXT_KEYS", "rank_rule", "choose_rank", "rank_context", "cumvar", "loss_elbow",
@@ -345,12 +345,7 @@ def wudi_risk(rho: float = 1.0) -> Callable[..., int]:
     squared norm of the result (closed form on the kept directions, start on the others). Not
     scale free (compare ``wudi_risk_scalefree``). Needs ``rhs_energy`` and ``start_energy``.
     """
-    try:
-        rho = float(rho)
-    except (TypeError, ValueError):
-        raise ValueError(f"wudi_risk rho must be a number > 0, got {rho!r}") from None
-    if not (math.isfinite(rho) and rho > 0):
-        raise ValueError(f"wudi_risk rho must be finite and > 0, got {rho!r}")
+    rho = checked_number("wudi_risk rho", rho)
 
     def rule(lam, rhs_energy=None, start_energy=None, **context) -> int:
         fit, norm = _fit_and_norm(lam, rhs_energy, start_energy)
@@ -507,11 +502,7 @@ def _energy(name: str, x, shape, order) -> torch.Tensor | None:
 
 
 def _size(name: str, x) -> int | None:
-    if x is None:
-        return None
-    if isinstance(x, bool) or not float(x).is_integer() or int(x) < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {x!r}")
-    return int(x)
+    return None if x is None else checked_count(name, x, 1)
 
 
 def choose_rank(lam, rule: str = "participation_sqrt", *, rhs_energy=None, start_energy=None, n_rows=None,
@@ -540,21 +531,14 @@ def choose_rank(lam, rule: str = "participation_sqrt", *, rhs_energy=None, start
     if not isinstance(rule, str):
         raise ValueError(f"rule must be a rule name, got {rule!r}")
     fn = RANK_RULES.lookup(rule)
-    if isinstance(min_rank, bool) or not float(min_rank).is_integer() or min_rank < 1:
-        raise ValueError(f"min_rank must be an integer >= 1, got {min_rank!r}")
-    min_rank = int(min_rank)
+    min_rank = checked_count("min_rank", min_rank, 1)
     try:
         ratio = float(max_rank_ratio)
     except (TypeError, ValueError):
         raise ValueError(f"max_rank_ratio must be a number in (0, 1], got {max_rank_ratio!r}") from None
     if not (0 < ratio <= 1):
         raise ValueError(f"max_rank_ratio must be in (0, 1], got {max_rank_ratio!r}")
-    try:
-        scale = float(rank_scale)
-    except (TypeError, ValueError):
-        raise ValueError(f"rank_scale must be a number > 0, got {rank_scale!r}") from None
-    if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"rank_scale must be finite and > 0, got {rank_scale!r}")
+    scale = checked_number("rank_scale", rank_scale)
     if aspect is not None and not (0 < float(aspect) <= 1):
         raise ValueError(f"aspect must be in (0, 1], got {aspect!r}")
     n_rows, d_out = _size("n_rows", n_rows), _size("d_out", d_out)

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["as_task_stack", "task_norms", "live_count", "interference_operator", "layer_operator", "LayerOperator", "subspace_operator",
+__all__ = ["as_task_stack", "task_norms", "live_experts", "live_count", "interference_operator", "layer_operator", "LayerOperator", "subspace_operator",
            "SubspaceOperator", "wudi_loss", "quadratic_loss",
            "loss_constant", "wudi_gradient", "sum_init", "kappa_time", "time_kappa"]
 
@@ -54,6 +54,14 @@ def as_task_stack(task_vectors, dtype: torch.dtype | None = None, *, check_finit
 def task_norms(taus: torch.Tensor) -> torch.Tensor:
     """``n_i = ||tau_i||_F^2`` for a stack (N, *shape) of task vectors: an (N,) tensor."""
     return taus.pow(2).flatten(1).sum(1)
+
+
+def live_experts(taus: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(taus_live, n_live)``: the experts with ``n_i > 0`` and their norms (``taus`` itself, no
+    copy, when every expert is live)."""
+    n = task_norms(taus)
+    live = n > 0
+    return (taus, n) if bool(live.all()) else (taus[live], n[live])
 
 
 def live_count(taus: torch.Tensor) -> int:
@@ -227,13 +235,11 @@ def wudi_loss(theta: torch.Tensor, task_vectors) -> torch.Tensor:
     taus = as_task_stack(task_vectors, theta.dtype)
     if theta.shape != taus.shape[1:]:
         raise ValueError(f"theta has shape {tuple(theta.shape)}, task vectors {tuple(taus.shape[1:])}")
-    n = task_norms(taus)
-    live = n > 0
-    live_taus = taus[live]
+    live_taus, n = live_experts(taus)
     # (theta - tau_i) tau_i^T for all i as one batched matmul (a broadcasting einsum here was
     # ~1000x slower on a busy 2-core CPU)
     residual = (theta - live_taus) @ live_taus.transpose(1, 2)
-    return (residual.pow(2).sum(dim=(1, 2)) / n[live]).sum()
+    return (residual.pow(2).sum(dim=(1, 2)) / n).sum()
 
 
 def quadratic_loss(theta: torch.Tensor, C: torch.Tensor, D: torch.Tensor) -> float:
@@ -246,9 +252,7 @@ def quadratic_loss(theta: torch.Tensor, C: torch.Tensor, D: torch.Tensor) -> flo
 
 def loss_constant(taus: torch.Tensor) -> float:
     """``L(0) = sum_i ||tau_i^T tau_i||_F^2 / n_i`` over live experts, via the smaller Gram matrix."""
-    n = task_norms(taus)
-    live = n > 0
-    t, n = (taus, n) if bool(live.all()) else (taus[live], n[live])  # no copy in the usual case
+    t, n = live_experts(taus)
     G = t @ t.transpose(1, 2) if t.shape[1] <= t.shape[2] else t.transpose(1, 2) @ t
     return float((G.pow(2).sum(dim=(1, 2)) / n).sum())
 
