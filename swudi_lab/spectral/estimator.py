@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from .filters import Filter
+from .linalg import symmetric_eigh
 
 __all__ = ["Eig", "SVD", "eigh", "svd", "check_normal_equation", "spectral_estimate", "filtered_solve",
            "numerical_rank_tolerance", "filter_factors", "eigenbasis_estimate", "EigenbasisEstimate"]
@@ -97,13 +98,13 @@ def check_normal_equation(C, D, theta0=None, *, dtype=None, symmetry_tol: float 
 def eigh(C, dtype=None) -> Eig:
     """Eigendecomposition of the symmetric matrix C, eigenvalues descending.
 
-    ``dtype`` (e.g. ``torch.float64``) selects the precision of the decomposition.
+    ``dtype`` (e.g. ``torch.float64``) selects the precision of the decomposition. The routine is
+    the fastest exact one measured for C's device and size (:func:`~swudi_lab.spectral.linalg.symmetric_eigh`).
     """
     C = _tensor("C", C, dtype)
     if C.ndim != 2 or C.shape[0] != C.shape[1]:
         raise ValueError(f"C must be a square matrix, got shape {tuple(C.shape)}")
-    values, vectors = torch.linalg.eigh(C)
-    return Eig(values.flip(0), vectors.flip(1))
+    return Eig(*symmetric_eigh(C))
 
 
 def svd(A, dtype=None) -> SVD:

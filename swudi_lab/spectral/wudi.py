@@ -19,6 +19,8 @@ from typing import NamedTuple
 
 import torch
 
+from .linalg import gram, symmetric_eigh
+
 __all__ = ["as_task_stack", "task_norms", "live_experts", "live_count", "interference_operator", "layer_operator", "LayerOperator", "subspace_operator",
            "SubspaceOperator", "wudi_loss", "quadratic_loss",
            "loss_constant", "wudi_gradient", "sum_init", "kappa_time", "time_kappa"]
@@ -132,8 +134,12 @@ def layer_operator(taus: torch.Tensor, *, start: bool = False):
 
     - ``d_in <= d_out``: ``G_i = tau_i^T tau_i`` (d_in x d_in), ``C += w_i G_i``, ``D += w_i tau_i G_i``,
       ``L(0) += w_i ||G_i||^2``;
-    - ``d_in > d_out``: ``C += w_i tau_i^T tau_i``, ``E_i = tau_i tau_i^T`` (d_out x d_out),
+    - ``d_in > d_out``: ``C = T^T diag(w) T`` for the stacked (N d_out, d_in) view T of the task
+      vectors (one product, rows weighted), ``E_i = tau_i tau_i^T`` (d_out x d_out),
       ``D += w_i E_i tau_i``, ``L(0) += w_i ||E_i||^2``.
+
+    Every Gram matrix goes through :func:`~swudi_lab.spectral.linalg.gram` (the blocks on and above
+    the diagonal only), so C is exactly symmetric.
 
     The association of D is the cheaper one for the shape (``d_out d_in^2`` against ``d_out^2 d_in``
     per expert), and only one Gram matrix is alive at a time: memory O(d_in^2 + d_out d_in) beyond
@@ -142,23 +148,25 @@ def layer_operator(taus: torch.Tensor, *, start: bool = False):
     """
     N, d_out, d_in = taus.shape
     n, live = _checked_norms(taus)
-    C = taus.new_zeros(d_in, d_in)
     rhs = taus.new_zeros((2 if start else 1) * d_out, d_in)
     D = rhs[:d_out]
     const = taus.new_zeros(())
+    if d_in <= d_out:
+        C = taus.new_zeros(d_in, d_in)
+    else:  # C from the stacked task vectors at once (a view), rows weighted by w_i (0 for a zero expert)
+        w = torch.where(n > 0, 1 / torch.where(n > 0, n, torch.ones_like(n)), torch.zeros_like(n))
+        C = gram(taus.reshape(N * d_out, d_in), w.repeat_interleave(d_out))
     for i in live:
         t, w = taus[i], 1.0 / float(n[i])
         if d_in <= d_out:
-            G = t.T @ t
+            G = gram(t)
             C.add_(G, alpha=w)
             D.addmm_(t, G, alpha=w)
         else:
-            C.addmm_(t.T, t, alpha=w)
-            G = t @ t.T
+            G = gram(t.T)  # E_i = tau_i tau_i^T
             D.addmm_(G, t, alpha=w)
         const += G.pow(2).sum() * w
         del G
-    C = 0.5 * (C + C.T)  # exact symmetry despite round-off
     if start:
         torch.sum(taus, 0, out=rhs[d_out:])
     return LayerOperator(C, rhs, n, len(live), float(const), d_out)
@@ -210,8 +218,8 @@ def subspace_operator(taus: torch.Tensor, *, start: bool = False) -> SubspaceOpe
     Q, R = torch.linalg.qr(Tt)  # Tt = Q R, Q (d_in, m)
     del Tt
     small = R @ R.T
-    lam, W = torch.linalg.eigh(0.5 * (small + small.T))
-    return SubspaceOperator(lam.flip(0), Q @ W.flip(1), rhs, n, len(live), float(const), d_out)
+    lam, W = symmetric_eigh(0.5 * (small + small.T))
+    return SubspaceOperator(lam, Q @ W, rhs, n, len(live), float(const), d_out)
 
 
 def interference_operator(task_vectors, dtype: torch.dtype | None = None):

@@ -1,0 +1,127 @@
+"""The two dense kernels a one-eigh merge rests on: the symmetric Gram product and ``eigh``.
+
+**Gram products.** ``X^T X`` is symmetric, so half of a plain product's work is a copy.
+:func:`gram` computes the blocks on and above the diagonal (``(b + 1) / 2b`` of the flops for ``b``
+column blocks) with torch products and mirrors the rest. BLAS ``syrk`` would do the same, but
+from scipy it runs on OpenBLAS's thread pool, which fights torch's over a small machine's cores.
+
+**Eigendecomposition.** ``C = V diag(lambda) V^T`` goes through the three classical stages::
+
+    C = Q T Q^T          Householder tridiagonalisation (LAPACK sytrd),   4/3 d^3 flops
+    T = Z diag(lam) Z^T  divide and conquer on the tridiagonal (LAPACK stevd), O(d^2) to O(d^3)
+    V = Q Z              the back-transformation,                         2 d^3 flops
+
+LAPACK's ``syevd`` runs exactly these, but its back-transformation (``ormtr``) applies the
+reflectors in narrow blocks. :func:`tridiagonal_eigh` runs the first two stages in LAPACK (from
+scipy) and the third as a few wide matrix products in torch: the reflectors ``H_j = I - tau_j v_j v_j^T``
+of a block of ``nb`` are one ``I - W S W^T`` (the compact WY form) with
+``S^{-1} = striu(W^T W) + diag(1 / tau)`` (the UT transform), so ``Q Z`` costs the flops of one
+product at the speed of one. The result is the same decomposition to round-off (residual and
+orthogonality as LAPACK's, ``tests/test_spectral.py``); on this project's 2-core CPU a 3072 x 3072
+float32 ``eigh`` takes 2.0 s against 2.5 s for ``torch.linalg.eigh`` (``benchmarks/floor.py``).
+
+:func:`symmetric_eigh` picks the route: the tridiagonal one on the CPU for ``d >= TRIDIAGONAL_MIN``,
+where it is measured faster, ``torch.linalg.eigh`` otherwise (and on GPUs, where torch calls cuSOLVER).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["gram", "symmetric_eigh", "tridiagonal_eigh", "TRIDIAGONAL_MIN", "REFLECTOR_BLOCK"]
+
+TRIDIAGONAL_MIN = 1024  # below it torch.linalg.eigh is as fast (benchmarks/floor.py's eigh table)
+REFLECTOR_BLOCK = 128  # reflectors per WY block in the back-transformation
+GRAM_BLOCK = 384  # column block of gram(): the fastest measured on ViT shapes (benchmarks/floor.py)
+
+
+def gram(X: torch.Tensor, row_weights: torch.Tensor | None = None, *, block: int = GRAM_BLOCK) -> torch.Tensor:
+    """``X^T diag(w) X`` (n x n, exactly symmetric) for X (m, n) and row weights ``w`` (m,) (default 1),
+    computing only the blocks on and above the diagonal: ``ceil(n / block)`` column blocks ``X_b``,
+    ``G[b, c] = (w X_b)^T X_c`` for ``c >= b``. Memory beyond the output: one (m, block) weighted copy
+    of a column block and one (block, n) product."""
+    n = X.shape[1]
+    G = X.new_empty(n, n)
+    for j0 in range(0, n, block):
+        j1 = min(j0 + block, n)
+        Xb = X[:, j0:j1] if row_weights is None else X[:, j0:j1] * row_weights[:, None]
+        B = Xb.T @ X[:, j0:]  # (j1 - j0, n - j0): the diagonal block and everything right of it
+        B[:, : j1 - j0] = 0.5 * (B[:, : j1 - j0] + B[:, : j1 - j0].T)
+        G[j0:j1, j0:] = B
+        G[j1:, j0:j1] = B[:, j1 - j0:].T  # the mirror
+    return G
+
+
+def _lapack(dtype: torch.dtype):
+    from scipy.linalg import lapack
+
+    if dtype == torch.float32:
+        return lapack.ssytrd, lapack.ssytrd_lwork, lapack.sstevd
+    if dtype == torch.float64:
+        return lapack.dsytrd, lapack.dsytrd_lwork, lapack.dstevd
+    raise ValueError(f"tridiagonal_eigh needs float32 or float64, got {dtype}")
+
+
+def _back_transform(reflectors: torch.Tensor, tau: torch.Tensor, Zt: torch.Tensor, nb: int) -> torch.Tensor:
+    """``(Q Z)^T = Z^T Q^T`` in place on ``Zt = Z^T`` (one eigenvector per row), for
+    ``Q = H_0 H_1 ... H_{d-2}`` as LAPACK's ``sytrd(lower)`` stores it: ``v_j`` is 0 above row
+    ``j + 1``, 1 at row ``j + 1`` and ``reflectors[j+2:, j]`` below.
+
+    Blocks of ``nb`` reflectors, last block first (``Z^T Q^T = Z^T Q_L^T ... Q_0^T``, ``Q_b`` the
+    product of block b's reflectors); per block ``Q_b = I - W S W^T`` (compact WY) with ``S`` the
+    inverse of the triangular ``striu(W^T W) + diag(1 / tau)`` (the UT transform), so the update of
+    the touched columns is ``M -= ((M W) S^T) W^T``: three products. A reflector with ``tau = 0`` is
+    the identity: its column of W is zeroed (and its diagonal entry set to 1).
+    """
+    d = Zt.shape[0]
+    for j0 in reversed(range(0, d - 1, nb)):
+        j1 = min(j0 + nb, d - 1)
+        W = reflectors[j0 + 1:, j0:j1].tril(-1)  # a copy, (d - j0 - 1, j1 - j0)
+        W.diagonal().fill_(1)
+        t = tau[j0:j1]
+        live = t != 0
+        if not bool(live.all()):
+            W.mul_(live)
+        S_inv = (W.T @ W).triu(1)
+        S_inv.diagonal().copy_(torch.where(live, 1 / torch.where(live, t, torch.ones_like(t)), torch.ones_like(t)))
+        S = torch.linalg.solve_triangular(S_inv, torch.eye(j1 - j0, dtype=W.dtype), upper=True)
+        M = Zt[:, j0 + 1:]
+        M.sub_(((M @ W) @ S.T) @ W.T)
+    return Zt
+
+
+def tridiagonal_eigh(C: torch.Tensor, *, nb: int = REFLECTOR_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(lam, V)`` with ``C = V diag(lam) V^T``, ``lam`` descending, for a symmetric CPU C (float32/64):
+    LAPACK ``sytrd`` and ``stevd`` then the back-transformation by WY blocks (module docstring).
+
+    C is read, not modified (LAPACK works on its own copy; as C is symmetric, its transpose is
+    handed over without a copy, so the triangle read is C's upper one). V is returned as the
+    transpose of a row-major matrix (one eigenvector per row in memory): a view, valid everywhere
+    torch takes a matrix. Memory: two d x d matrices (LAPACK's reflectors, and its Z that becomes
+    V). Raises ``torch.linalg.LinAlgError`` if LAPACK reports a failure.
+    """
+    sytrd, sytrd_lwork, stevd = _lapack(C.dtype)
+    d = C.shape[0]
+    if d < 2:  # nothing to reduce (and LAPACK's stevd wants a non-empty off-diagonal)
+        return C.diagonal().clone(), torch.ones_like(C)
+    A = C.detach().contiguous().numpy().T  # Fortran order, no copy: C^T = C
+    lwork, info = sytrd_lwork(d, lower=1)
+    c, diag, off, tau, info = sytrd(A, lower=1, lwork=int(lwork), overwrite_a=0)
+    if info != 0:
+        raise torch.linalg.LinAlgError(f"LAPACK sytrd failed (info={info}) on a {d} x {d} matrix")
+    del A
+    neg, z, info = stevd(-diag, -off, compute_v=1)  # -T's ascending order is T's descending one
+    if info != 0:
+        raise torch.linalg.LinAlgError(f"LAPACK stevd failed (info={info}) on a {d} x {d} tridiagonal")
+    Zt = torch.from_numpy(z.T)  # z is column-major: z.T is row-major, a row per eigenvector (no copy)
+    _back_transform(torch.from_numpy(c.T).T, torch.from_numpy(tau), Zt, nb)
+    return torch.from_numpy(-neg), Zt.T
+
+
+def symmetric_eigh(C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(lam, V)``, ``lam`` descending, by the fastest exact routine measured for C's device and size."""
+    if C.device.type == "cpu" and C.shape[0] >= TRIDIAGONAL_MIN and C.dtype in (torch.float32, torch.float64):
+        return tridiagonal_eigh(C)
+    lam, V = torch.linalg.eigh(C)
+    return lam.flip(0), V.flip(1)
