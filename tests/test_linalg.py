@@ -72,7 +72,7 @@ def test_symmetric_eigh_routes_large_cpu_matrices_through_the_tridiagonal(monkey
     calls = []
     real = linalg.tridiagonal_eigh
     monkeypatch.setattr(linalg, "tridiagonal_eigh", lambda C, **k: calls.append(C.shape[0]) or real(C, **k))
-    monkeypatch.setattr(linalg, "TRIDIAGONAL_MIN", 20)
+    monkeypatch.setattr(linalg, "TRIDIAGONAL_MIN", {1: 20, "threaded": 20})
     small, large = _psd(10, 10, torch.float64), _psd(30, 30, torch.float64)
     for C in (small, large):
         lam, V = symmetric_eigh(C)

@@ -17,11 +17,12 @@ scipy) and the third as a few wide matrix products in torch: the reflectors ``H_
 of a block of ``nb`` are one ``I - W S W^T`` (the compact WY form) with
 ``S^{-1} = striu(W^T W) + diag(1 / tau)`` (the UT transform), so ``Q Z`` costs the flops of one
 product at the speed of one. The result is the same decomposition to round-off (residual and
-orthogonality as LAPACK's, ``tests/test_spectral.py``); on this project's 2-core CPU a 3072 x 3072
+orthogonality as LAPACK's, ``tests/test_linalg.py``); on this project's 2-core CPU a 3072 x 3072
 float32 ``eigh`` takes 2.0 s against 2.5 s for ``torch.linalg.eigh`` (``benchmarks/floor.py``).
 
-:func:`symmetric_eigh` picks the route: the tridiagonal one on the CPU for ``d >= TRIDIAGONAL_MIN``,
-where it is measured faster, ``torch.linalg.eigh`` otherwise (and on GPUs, where torch calls cuSOLVER).
+:func:`symmetric_eigh` picks the route: the tridiagonal one on the CPU from the size where it is
+measured faster (``TRIDIAGONAL_MIN``, by torch's thread count: MKL's ``syevd`` uses a second
+thread better), ``torch.linalg.eigh`` otherwise (and on GPUs, where torch calls cuSOLVER).
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ import torch
 
 __all__ = ["gram", "symmetric_eigh", "tridiagonal_eigh", "TRIDIAGONAL_MIN", "REFLECTOR_BLOCK"]
 
-TRIDIAGONAL_MIN = 1024  # below it torch.linalg.eigh is as fast (benchmarks/floor.py's eigh table)
+# From which size the tridiagonal route is the faster one, by torch's thread count (measured on a
+# 2-core AMD EPYC, float32: 1 thread 1024: 0.10 s vs 0.12 s for torch.linalg.eigh, 3072: 2.0 vs 2.5;
+# 2 threads 1536: 0.22 vs 0.17, 2048: 0.39 vs 0.41, 3072: 1.09 vs 1.33; benchmarks/floor.py's table).
+TRIDIAGONAL_MIN = {1: 1024, "threaded": 2048}
 REFLECTOR_BLOCK = 128  # reflectors per WY block in the back-transformation
 GRAM_BLOCK = 384  # column block of gram(): the fastest measured on ViT shapes (benchmarks/floor.py)
 
@@ -121,7 +125,8 @@ def tridiagonal_eigh(C: torch.Tensor, *, nb: int = REFLECTOR_BLOCK) -> tuple[tor
 
 def symmetric_eigh(C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(lam, V)``, ``lam`` descending, by the fastest exact routine measured for C's device and size."""
-    if C.device.type == "cpu" and C.shape[0] >= TRIDIAGONAL_MIN and C.dtype in (torch.float32, torch.float64):
+    smallest = TRIDIAGONAL_MIN[1 if torch.get_num_threads() == 1 else "threaded"]
+    if C.device.type == "cpu" and C.shape[0] >= smallest and C.dtype in (torch.float32, torch.float64):
         return tridiagonal_eigh(C)
     lam, V = torch.linalg.eigh(C)
     return lam.flip(0), V.flip(1)
