@@ -201,7 +201,8 @@ def eigenbasis_estimate(lam: torch.Tensor, V: torch.Tensor, rhs: torch.Tensor, d
             energy = (lk * A.pow(2).sum(0)).sum()
             if count < keep.numel():
                 drop = ~keep
-                Ad = projections[d_out:, drop] if projections is not None else theta0 @ V[:, drop]
+                Vd = V[:, count:] if bool(drop[count:].all()) else V[:, drop]  # a suffix (top-K): a view
+                Ad = projections[d_out:, drop] if projections is not None else theta0 @ Vd
                 energy = energy + (lam[drop] * Ad.pow(2).sum(0)).sum()
             quad_before = float(energy - 2 * (theta0 * rhs[:d_out]).sum())
         else:
