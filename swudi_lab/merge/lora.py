@@ -287,8 +287,11 @@ class LoraAdapter(Checkpoint):
         w0 = self.base.get(key)
         if key not in self._full and key not in self._pairs:
             return w0.clone()
-        if not w0.is_floating_point():
-            return self.weights.get(self._full[key]).clone()
+        if key in self._full:
+            full = self.weights.get(self._full[key])
+            if full.is_floating_point() and not torch.isfinite(full).all():
+                raise ValueError(f"{self.weights.label}: tensor {self._full[key]!r} contains NaN or Inf")
+            return full.to(w0.dtype)
         dt = torch.float64 if w0.dtype == torch.float64 else torch.float32
         w = w0.to(dt)
         return (w + self.delta(key, w)).to(w0.dtype)
