@@ -343,6 +343,7 @@ def test_engine_merges_adapters_low_rank_and_writes_nothing_on_error(tmp_path):
 @pytest.fixture(scope="module")
 def peft_models(tmp_path_factory):
     """A tiny Llama saved by transformers and three LoRA adapters (random nonzero lora_B) saved by peft."""
+    pytest.importorskip("transformers")
     pytest.importorskip("peft")
     import swudi_lab.torchvision_compat  # noqa: F401  (before transformers imports torchvision)
     from peft import LoraConfig, get_peft_model
