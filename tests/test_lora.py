@@ -409,3 +409,19 @@ def test_cli_merges_adapter_directories(peft_models, tmp_path):
     api = merge(root / "base", adapters, "swudi_a", progress=False, device="cpu").state_dict
     got = load_state_dict(out / "model.safetensors")
     assert set(got) == set(api) and all(torch.equal(got[k], api[k]) for k in api)
+
+
+def test_benchmark_rows_and_table():
+    """benchmarks/lora.py on tiny shapes: both paths measured and equal, a dense run over budget skipped."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_lora", Path(__file__).parents[1] / "benchmarks" / "lora.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.run(1, log=lambda *a: None, shapes=[("tiny", "fc", 48, 32), ("tiny", "big", 40, 64)], n=3, r=4)
+    assert rows[0]["rel_diff"] <= 1e-4 and rows[0]["m"] == 12 and rows[0]["time_ratio"] > 0
+    rows += bench.run(1, log=lambda *a: None, shapes=[("tiny", "skip", 8, 16)], n=2, r=2, dense_budget_s=0.0)
+    assert "dense_skipped" in rows[-1] and "dense_s" not in rows[-1]
+    text = bench.table(rows)
+    assert text.count("\n") == 1 + len(rows) and "skipped: estimated" in text and "| tiny | fc | 48 x 32 | 12 |" in text
