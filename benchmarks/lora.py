@@ -13,7 +13,8 @@ with the torch threads the process has (``OMP_NUM_THREADS=1`` for one).
   a d_in x d_in ``eigh``, the estimate.
 
 ``seconds``: the minimum over ``repeats`` (the dense path of the Llama shapes once); ``peak MB``: the
-largest peak RSS above the memory in use at entry (:func:`swudi_lab.evaluate.measure`). A dense run whose
+largest peak RSS above the memory in use at entry (:func:`swudi_lab.evaluate.measure`; freed heap pages are
+handed back first, ``malloc_trim``; the memory ratio's denominator is floored at 1 MB). A dense run whose
 estimated time (from a 1024 x 1024 product and ``eigh`` timed first, scaled by its FLOPs) is above
 ``dense_budget_s`` (180 s) is skipped with the estimate as its reason (the 14336 x 14336 ``eigh`` of
 down_proj on one thread). ``rel. diff`` is ``||theta_lowrank - theta_dense|| / ||theta_dense||`` of the two
@@ -23,6 +24,7 @@ float32 merges. ``python benchmarks/lora.py`` prints the table; ``run`` / ``tabl
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import math
 import os
@@ -71,8 +73,18 @@ def dense_estimate(d_out: int, d_in: int, n: int, flops: float, eigh1024: float)
     return work / flops + eigh1024 * (d_in / 1024) ** 3
 
 
-def _timed(fn):
+def _release() -> None:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim``), so that the next measurement's peak RSS
+    above entry counts its own allocations, not pages a previous run left in the heap."""
     gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the peak is then a lower bound
+        pass
+
+
+def _timed(fn):
+    _release()
     with _no_tf32(), torch.no_grad(), measure("cpu") as m:
         out = fn()
     return m.seconds, m.peak_mb, out
@@ -111,7 +123,7 @@ def run(repeats: int = 3, log=print, *, shapes=None, n: int = N_EXPERTS, r: int 
                 s, mb, (theta_dense, _) = _timed(lambda: method.fn(tasks.dense(), name=layer, **params))
                 dense = [min(dense[0], s), max(dense[1], mb)]
             row.update(dense_s=dense[0], dense_mb=dense[1], dense_repeats=reps,
-                       time_ratio=dense[0] / low[0], memory_ratio=dense[1] / max(low[1], 1e-3),
+                       time_ratio=dense[0] / low[0], memory_ratio=dense[1] / max(low[1], 1.0),
                        rel_diff=float((theta_low - theta_dense).norm() / theta_dense.norm()))
             log(f"  {model} {layer} ({d_out} x {d_in}): low-rank {low[0]:.3f} s {low[1]:.0f} MB, dense {dense[0]:.2f} s "
                 f"{dense[1]:.0f} MB ({row['time_ratio']:.0f}x time, {row['memory_ratio']:.1f}x memory)")
@@ -128,9 +140,9 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         head = f"| {r['model']} | {r['layer']} | {r['d_out']} x {r['d_in']} | {r.get('m')} | {r['lowrank_s']:.3f} |"
         if "dense_skipped" in r:
-            out.append(head + f" skipped: {r['dense_skipped']} | | {r['lowrank_mb']:.0f} | | | |")
+            out.append(head + f" skipped: {r['dense_skipped']} | | {r['lowrank_mb']:.1f} | | | |")
         else:
-            out.append(head + f" {r['dense_s']:.2f} | {r['time_ratio']:.0f}x | {r['lowrank_mb']:.0f} | {r['dense_mb']:.0f} | "
+            out.append(head + f" {r['dense_s']:.2f} | {r['time_ratio']:.0f}x | {r['lowrank_mb']:.1f} | {r['dense_mb']:.0f} | "
                        f"{r['memory_ratio']:.1f}x | {r['rel_diff']:.1e} |")
     return "\n".join(out)
 
