@@ -425,3 +425,18 @@ def test_benchmark_rows_and_table():
     assert "dense_skipped" in rows[-1] and "dense_s" not in rows[-1]
     text = bench.table(rows)
     assert text.count("\n") == 1 + len(rows) and "skipped: estimated" in text and "| tiny | fc | 48 x 32 | 12 |" in text
+
+
+def test_adapters_and_full_checkpoints_mix(tmp_path):
+    """An adapter beside a full expert: the layer is densified (tau from B A for the adapter, W - W0 for the other)
+    and equals the merge of the two full experts."""
+    base = {k: v.double() for k, v in base_state().items()}
+    write_adapter(tmp_path / "a", base, targets=("q", "fc"), seed=3)
+    full = {k: v + 0.01 * torch.randn_like(v) for k, v in base.items()}
+    got = merge(base, [tmp_path / "a", full], "swudi_a", progress=False, head_pattern=None, dtype=torch.float64)
+    as_full = {k: LoraAdapter(tmp_path / "a", DictCheckpoint(base)).get(k) for k in base}
+    want = merge(base, [as_full, full], "swudi_a", progress=False, head_pattern=None, dtype=torch.float64)
+    assert got.report.meta["tasks"] == ["a", "expert1"]
+    for k in base:
+        torch.testing.assert_close(got.state_dict[k], want.state_dict[k], rtol=1e-10, atol=1e-12)
+    assert not any(r.get("lowrank") for r in got.report.rows)
