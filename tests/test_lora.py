@@ -440,3 +440,16 @@ def test_adapters_and_full_checkpoints_mix(tmp_path):
     for k in base:
         torch.testing.assert_close(got.state_dict[k], want.state_dict[k], rtol=1e-10, atol=1e-12)
     assert not any(r.get("lowrank") for r in got.report.rows)
+
+
+def test_vision_prefix_is_matched_like_full_experts(tmp_path):
+    """An adapter trained on a vision tower without the vision_model. prefix, on a CLIPModel-like base with it (and
+    a text tower the adapter never saw): its keys map onto the prefixed ones, the text tower is not asked for."""
+    g = torch.Generator().manual_seed(0)
+    base = {"vision_model.encoder.layers.0.q.weight": torch.randn(8, 6, generator=g),
+            "text_model.encoder.layers.0.q.weight": torch.randn(8, 6, generator=g)}
+    tower = {"encoder.layers.0.q.weight": base["vision_model.encoder.layers.0.q.weight"]}
+    write_adapter(tmp_path / "a", tower, r=2, alpha=2)
+    ad = LoraAdapter(tmp_path / "a", DictCheckpoint(base))
+    assert ad.targeted == ["vision_model.encoder.layers.0.q.weight"]
+    assert not ad.delta("text_model.encoder.layers.0.q.weight", base["text_model.encoder.layers.0.q.weight"]).any()

@@ -37,6 +37,7 @@ import torch
 
 from ..spectral import LowRankTasks
 from .io import Checkpoint, DictCheckpoint, SafetensorsCheckpoint, load_state_dict, read_json
+from .routing import vision_prefix
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "LoraAdapter", "is_adapter_dir", "open_expert", "lowrank_tasks"]
 
@@ -136,10 +137,31 @@ class LoraAdapter(Checkpoint):
         raise FileNotFoundError(f"{self.label}: adapter directory {self.path} has no {ADAPTER_WEIGHTS} "
                                 f"(or {ADAPTER_PICKLE})")
 
+    def _to_base(self, name: str) -> str:
+        """An adapter module / tensor name in the base's layout (the ``vision_model.`` prefix added or dropped,
+        as the engine maps a full expert's keys, :func:`~swudi_lab.merge.routing.match_keys`)."""
+        ap, bp = self._prefixes
+        if ap == bp:
+            return name
+        if bp:
+            return bp + name
+        return name[len(ap):] if name.startswith(ap) else name
+
+    def _to_adapter(self, key: str) -> str | None:
+        """A base key in the adapter's layout, ``None`` outside the tower the adapter was trained on."""
+        ap, bp = self._prefixes
+        if ap == bp:
+            return key
+        if bp:
+            return key[len(bp):] if key.startswith(bp) else None
+        return ap + key
+
     def _map(self) -> None:
         wf, base = self.weights.label, self.base
         base_keys = set(base.keys())
         halves: dict[str, dict[str, str]] = {}
+        names = [k[len(PREFIX):] for k in self.weights.keys() if k.startswith(PREFIX)]
+        self._prefixes = (vision_prefix(names), vision_prefix(sorted(base_keys)))
         for key in self.weights.keys():
             if not key.startswith(PREFIX):
                 raise ValueError(f"{wf}: key {key!r} does not start with {PREFIX!r}; not a PEFT LoRA adapter file")
@@ -154,10 +176,11 @@ class LoraAdapter(Checkpoint):
                                      "weight pairs of linear layers are read")
                 halves.setdefault(module, {})[part] = key
                 continue
+            module = rest.rpartition(".")[0]
+            rest = self._to_base(rest)
             if rest not in base_keys:  # a full tensor (modules_to_save, a bias)
                 raise ValueError(f"{wf}: key {key!r} {self.weights.shape(key)} maps onto {rest!r}, which the base "
                                  f"({base.label}) does not have")
-            module = rest.rpartition(".")[0]
             saved = any(module == mm or module.endswith("." + mm) for mm in self.modules_to_save)
             biased = rest.endswith(".bias") and self.bias in ("all", "lora_only")
             if not (saved or biased):
@@ -193,7 +216,7 @@ class LoraAdapter(Checkpoint):
             src = "rank_pattern" if _pattern_value(self.rank_pattern, module, None) is not None else "r"
             raise ValueError(f"{wf}: {ka!r} has shape {sa}, rank {sa[0]}, but {cfg} gives module {module!r} "
                              f"rank {r} (its {src})")
-        key = module + ".weight"
+        key = self._to_base(module + ".weight")
         if key not in self.base.keys():
             raise ValueError(f"{wf}: {ka!r} targets {key!r}, which the base ({self.base.label}) does not have")
         d_out, d_in = sb[0], sa[1]
@@ -217,16 +240,17 @@ class LoraAdapter(Checkpoint):
                 raise ValueError(f"{self.weights.label}: no LoRA tensors, but {self.config_path} targets "
                                  f"{self.targets!r}")
             return
-        modules = [k[: -len(".weight")] for k in self._pairs]
+        modules = [self._to_adapter(k)[: -len(".weight")] for k in self._pairs]
         for t in self.targets:
             if not any(_targeted([t], m) for m in modules):
                 raise ValueError(f"{self.weights.label}: target module {t!r} of {self.config_path} has no "
                                  f"lora_A / lora_B tensors")
         if self.config.get("layers_to_transform") is None and not self.config.get("exclude_modules"):
             for k in base.keys():
-                if not k.endswith(".weight") or len(base.shape(k)) != 2:
+                ak = self._to_adapter(k)
+                if ak is None or not k.endswith(".weight") or len(base.shape(k)) != 2:
                     continue
-                module = k[: -len(".weight")]
+                module = ak[: -len(".weight")]
                 if _targeted(self.targets, module) and k not in self._pairs and k not in self._full \
                         and not any(module == mm or module.endswith("." + mm) for mm in self.modules_to_save):
                     raise ValueError(f"{self.weights.label}: the base's {k!r} {base.shape(k)} is targeted by "
