@@ -354,7 +354,7 @@ def peft_models(tmp_path_factory):
                       num_key_value_heads=2, tie_word_embeddings=False)
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(root / "base")
-    adapters, deltas = [], []
+    adapters, deltas, merged = [], [], []
     for i, (r, alpha, rs) in enumerate([(2, 8, False), (4, 4, True), (3, 6, False)]):
         torch.manual_seed(100 + i)
         model = LlamaForCausalLM.from_pretrained(root / "base")
@@ -367,17 +367,24 @@ def peft_models(tmp_path_factory):
         for name, mod in pm.base_model.model.named_modules():
             if hasattr(mod, "lora_A") and "default" in mod.lora_A:
                 B, A = mod.lora_B["default"].weight.detach().double(), mod.lora_A["default"].weight.detach().double()
-                d[name + ".weight"] = s * B @ A
+                assert mod.scaling["default"] == pytest.approx(s)  # peft's own scale: alpha / r, or / sqrt(r) (rsLoRA)
+                d[name + ".weight"] = mod.scaling["default"] * B @ A
         adapters.append(root / f"adapter{i}")
         deltas.append(d)
-    return root, adapters, deltas
+        merged.append({k: v.detach().clone() for k, v in pm.merge_and_unload().state_dict().items()})
+    return root, adapters, deltas, merged
 
 
 def test_peft_adapters_merge_into_a_checkpoint_that_loads(peft_models, tmp_path):
     from transformers import LlamaForCausalLM
 
-    root, adapters, deltas = peft_models
+    root, adapters, deltas, peft_merged = peft_models
     assert all(is_adapter_dir(a) for a in adapters)
+    base_ck = DictCheckpoint(load_state_dict(root / "base" / "model.safetensors"))
+    for a, want in zip(adapters, peft_merged):  # each adapter read as an expert = peft's own merge_and_unload
+        ad = LoraAdapter(a, base_ck)
+        for k in base_ck.keys():
+            torch.testing.assert_close(ad.get(k), want[k], rtol=1e-5, atol=1e-6)
     out = tmp_path / "merged"
     report = merge_files(root / "base", adapters, out, "swudi", progress=False)
     assert (out / "config.json").is_file() and (out / "merge_report.json").is_file()
@@ -401,7 +408,7 @@ def test_peft_adapters_merge_into_a_checkpoint_that_loads(peft_models, tmp_path)
 def test_cli_merges_adapter_directories(peft_models, tmp_path):
     from swudi_lab.cli import main
 
-    root, adapters, _ = peft_models
+    root, adapters, _, _ = peft_models
     out = tmp_path / "cli"
     rc = main(["merge", "--base", str(root / "base"), "--experts", *map(str, adapters), "--method", "swudi_a",
                "--out", str(out), "--no-progress", "--quiet", "--device", "cpu"])
