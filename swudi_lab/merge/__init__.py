@@ -9,6 +9,9 @@
   ``(C, D, eig)`` for notebooks).
 - :mod:`~swudi_lab.merge.io`: safe loading (safetensors / weights-only torch.load; files, HF model
   directories, hub ids), atomic writing (files, sharded model directories).
+- :mod:`~swudi_lab.merge.lora`: PEFT LoRA adapter directories as experts (``tau_i = s_i B_i A_i`` on the
+  base, checked against ``adapter_config.json`` and the base; the spectral methods solve in the span of
+  the ``A_i`` rows).
 - :mod:`~swudi_lab.merge.routing`: routing profiles per architecture (:data:`ROUTING`: ``hf_clip``,
   ``timm_vit``, ``generic``) and key-layout matching.
 - :mod:`~swudi_lab.merge.report`: the per-layer report (table, JSON, CSV).

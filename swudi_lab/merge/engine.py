@@ -21,7 +21,9 @@ Routing of a tensor follows a named profile (:mod:`~swudi_lab.merge.routing`: ``
    built-in profile: the solver for 2-D matrices, the mean for the rest).
 
 Sources may be state dicts, modules, files, Hugging Face model directories or hub ids
-(:func:`~swudi_lab.merge.io.open_checkpoint`); expert keys are matched onto the base's layout
+(:func:`~swudi_lab.merge.io.open_checkpoint`), and experts may also be PEFT LoRA adapter directories
+(``adapter_config.json``; :mod:`~swudi_lab.merge.lora`: ``tau_i = s_i B_i A_i`` on the base, the spectral
+methods solve in the span of the ``A_i`` rows without forming ``tau_i``); expert keys are matched onto the base's layout
 (``vision_model.`` prefix or not, :func:`~swudi_lab.merge.routing.match_keys`) and the output
 keeps the base's layout. :func:`merge_files` writes a ``.safetensors`` file, or, for an HF base
 and an output path without that suffix, a model directory that ``from_pretrained`` loads:
@@ -59,6 +61,7 @@ from . import methods as _methods  # noqa: F401  (fills the registry)
 from ..files import atomic_dir
 from .io import (DEFAULT_MAX_SHARD_SIZE, Checkpoint, HFDirectoryCheckpoint, SafetensorsWriter,
                  ShardedSafetensorsWriter, TORCH_SUFFIXES, is_hub_id, open_checkpoint, parse_size, save_safetensors)
+from .lora import LoraAdapter, lowrank_tasks, open_expert
 from .registry import Method, get_method, resolve_params
 from .report import MergeReport
 from .routing import DEFAULT_HEAD_PATTERN, RoutingProfile, detect_routing, get_routing, match_keys
@@ -191,7 +194,7 @@ class _Plan:
         sources, self.tasks = _task_names(experts, tasks)
         chosen = None if routing is None else get_routing(routing)  # an unknown name fails before any download
         self.base: Checkpoint = open_checkpoint(base)
-        self.experts: list[Checkpoint] = [open_checkpoint(s) for s in sources]
+        self.experts: list[Checkpoint] = [open_expert(s, self.base) for s in sources]  # LoRA adapter dirs too
         self.profile: RoutingProfile = detect_routing(self.base.keys()) if chosen is None else chosen
         if head_pattern is PROFILE_HEADS:
             head_pattern = self.profile.head
@@ -237,11 +240,19 @@ class _Plan:
             raise ValueError(f"tensor {key!r} of {who} ({ck.label}) contains NaN or Inf")
         return t
 
-    def task_vectors(self, key: str, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(W0, taus)``: the base tensor and the (N, *shape) task vectors in ``dtype`` on ``device``."""
+    def task_vectors(self, key: str, device, dtype, lowrank: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W0, taus)``: the base tensor and the (N, *shape) task vectors in ``dtype`` on ``device``.
+
+        LoRA experts (:class:`~swudi_lab.merge.lora.LoraAdapter`) give ``tau_i = s_i B_i A_i`` directly; with
+        ``lowrank`` and every expert an adapter, ``taus`` is their :class:`~swudi_lab.spectral.LowRankTasks`."""
         w0 = self.read(self.base, key, "the base").to(device=device, dtype=dtype)
+        if lowrank and (tasks := lowrank_tasks(self.experts, key, w0.shape, dtype, device)) is not None:
+            return w0, tasks
         taus = torch.empty((len(self.experts),) + tuple(w0.shape), dtype=dtype, device=device)
         for i, (task, ck) in enumerate(zip(self.tasks, self.experts)):
+            if isinstance(ck, LoraAdapter):
+                taus[i] = ck.delta(key, w0)
+                continue
             taus[i] = self.read(ck, self.names[i][key], f"expert {task!r}").to(device=device, dtype=dtype) - w0
         return w0, taus
 
@@ -262,7 +273,7 @@ def _merge_one(plan: _Plan, key: str, method: Method, params: dict, device, dtyp
         out = plan.read(plan.base, key, "the base").clone()
         row["route"] = "base"
     else:
-        w0, taus = plan.task_vectors(key, device, dtype)
+        w0, taus = plan.task_vectors(key, device, dtype, lowrank=method.spectral and plan.routes[key] == "solver")
         if method.spectral and plan.routes[key] == "mean":
             delta, info, route = taus.mean(0), {}, "mean"
         else:

@@ -37,6 +37,14 @@ Spectral methods share one code path (:func:`spectral_layer`): ``layer_operator`
 replaces ``t`` by ``t = kappa d_in / N_live`` per layer (:func:`~swudi_lab.spectral.kappa_time`) (``N_live`` = experts with a nonzero task
 vector on the layer, ``trace(C) = N_live``), and both are reported.
 
+Low-rank experts (LoRA adapters): every method also takes a :class:`~swudi_lab.spectral.LowRankTasks`
+(``tau_i = s_i B_i A_i``) in place of ``taus``. The one-eigh methods (``closed_form``, ``iwudi``,
+``filtered``, ``swudi``, ``swudi_a`` with every rank rule) solve in the span of the ``A_i`` rows
+(:func:`~swudi_lab.spectral.lowrank_operator`), the dense result to round-off, without forming any
+``tau_i``. The rules that read the task vectors themselves densify them first (``tasks.dense()``):
+``wudi`` (Adam), ``optmerge``, SWUDI's ``consensus_power`` and ``output_exp_time``, :func:`lam_max`
+(the ``alignment_rho`` pre-pass), and the baselines ``average``, ``task_arithmetic``, ``ties``.
+
 Degenerate layers: experts whose task vector is all zero are left out of C and D (never divided
 by); a layer where all are zero returns ``delta = 0``. With one expert (N = 1) every WUDI-family
 method returns ``theta = tau_1`` (the expert itself at scale 1): ``tau_1`` is the exact minimizer
@@ -66,6 +74,8 @@ from ..spectral import (
     eigh,
     filter_factors,
     layer_operator,
+    LowRankTasks,
+    lowrank_operator,
     numerical_rank_tolerance,
     subspace_operator,
     kappa_time,
@@ -135,7 +145,14 @@ def _time(t: float | None, kappa: float | None, d_in: int, n_live: int) -> tuple
 
 
 def _zero_layer(taus: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    return torch.zeros_like(taus[0]), {"n_live": 0, "note": "all task vectors are zero"}
+    zero = torch.zeros(taus.shape[1:], dtype=taus.dtype, device=taus.device)  # a tensor or LowRankTasks
+    return zero, {"n_live": 0, "note": "all task vectors are zero"}
+
+
+def _dense(taus):
+    """``taus`` as the (N, d_out, d_in) tensor: a :class:`~swudi_lab.spectral.LowRankTasks` is densified
+    (``tau_i = s_i B_i A_i``) for the rules that read the task vectors themselves."""
+    return taus.dense() if isinstance(taus, LowRankTasks) else taus
 
 
 class LayerContext:
@@ -144,7 +161,10 @@ class LayerContext:
     ``eig`` (``C = V diag(lambda) V^T``), ``D``, ``theta0`` (``None`` for the zero init), ``n_live``,
     ``d_in``, ``d_out``, ``taus``; :meth:`projections` gives ``[D; theta0] V`` over every column,
     computed once on first use and then reused by the estimate (a rank rule that needs
-    ``||D q_k||^2`` costs no extra product).
+    ``||D q_k||^2`` costs no extra product). For a :class:`~swudi_lab.spectral.LowRankTasks` everything is
+    in the coordinates of ``span(Q)`` (:class:`~swudi_lab.spectral.LowRankOperator`): ``eig.vectors`` is W
+    (m x m, ``q_k = Q w_k``), ``D`` and ``theta0`` are ``D Q`` and ``theta0 Q``; the projections
+    ``[D Q; theta0 Q] W`` are the same numbers ``[D; theta0] q_k``.
     """
 
     def __init__(self, taus: torch.Tensor, op, eig):
@@ -198,8 +218,13 @@ def spectral_layer(taus: torch.Tensor, build_filter, *, init: str = "sum", scale
     directions outside the span contribute nothing, since D and the sum init have no component there
     (equal to the dense computation; with the zero init too).
 
+    A :class:`~swudi_lab.spectral.LowRankTasks` (``tau_i = s_i B_i A_i``, LoRA) always takes the small solve
+    in ``span(Q)`` of the ``A_i`` rows (:func:`~swudi_lab.spectral.lowrank_operator`, m <= sum_i r_i):
+    the estimate is formed in coordinates, ``theta_f Q``, and mapped back once, ``theta_f = (theta_f Q) Q^T``
+    (``info["lowrank"]``); the spectrum the filter sees is again the m eigenvalues, then d_in - m zeros.
+
     Args:
-        taus: (N, d_out, d_in) task vectors of one layer.
+        taus: (N, d_out, d_in) task vectors of one layer, or their factors (:class:`~swudi_lab.spectral.LowRankTasks`).
         build_filter: ``(layer: LayerContext) -> (Filter, extra_info)``, called once per layer.
         init: ``"sum"`` (theta0 = sum_i tau_i) or ``"zero"``.
         scale: ``delta = scale * theta_f``.
@@ -210,12 +235,13 @@ def spectral_layer(taus: torch.Tensor, build_filter, *, init: str = "sum", scale
     kept directions ``k`` (f != 0), proxy loss before (at theta0) and after (at theta_f).
     """
     N, d_out, d_in = taus.shape
-    subspace = _use_subspace(N, d_out, d_in)
-    op = (subspace_operator if subspace else layer_operator)(taus, start=init == "sum")
+    lowrank = isinstance(taus, LowRankTasks)  # LoRA: the small solve in the span of the A_i rows, in coordinates
+    subspace = lowrank or _use_subspace(N, d_out, d_in)
+    op = (lowrank_operator if lowrank else subspace_operator if subspace else layer_operator)(taus, start=init == "sum")
     if op.n_live == 0:
         return _zero_layer(taus)
     if subspace:  # the spectrum of C: the m computed eigenvalues, then d_in - m exact zeros
-        eig = Eig(torch.cat([op.lam, op.lam.new_zeros(d_in - op.lam.numel())]), op.V)
+        eig = Eig(torch.cat([op.lam, op.lam.new_zeros(d_in - op.lam.numel())]), op.W if lowrank else op.V)
     else:
         eig = eigh(op.C)
     layer = LayerContext(taus, op, eig)
@@ -225,11 +251,14 @@ def spectral_layer(taus: torch.Tensor, build_filter, *, init: str = "sum", scale
     f, f_over_lam = filter_factors(filt, lam, numerical_rank_tolerance(lam, EIGEN_FLOOR))
     est = eigenbasis_estimate(lam[:m], V, op.rhs, op.d_out, f[:m], f_over_lam[:m], projections=layer._projections,
                               losses=True)
-    theta = est.theta
+    theta = est.theta if not lowrank else est.theta @ op.Q.T  # theta_f = (theta_f Q) Q^T
     loss_after = est.quad_after + op.const
     if post is not None:
         theta = post(theta)
-        if subspace:  # tr(theta C theta^T) = sum_k lam_k ||theta q_k||^2 over the span
+        if lowrank:  # C's range and D's rows lie in span(Q): only theta Q counts
+            tq = theta @ op.Q
+            loss_after = float((lam[:m] * (tq @ op.W).pow(2).sum(0)).sum() - 2 * (tq * op.D).sum()) + op.const
+        elif subspace:  # tr(theta C theta^T) = sum_k lam_k ||theta q_k||^2 over the span
             loss_after = float((lam[:m] * (theta @ V).pow(2).sum(0)).sum() - 2 * (theta * op.D).sum()) + op.const
         else:
             loss_after = proxy_loss(theta, op.C, op.D, op.const)
@@ -239,6 +268,8 @@ def spectral_layer(taus: torch.Tensor, build_filter, *, init: str = "sum", scale
                 loss_after=loss_after)
     if subspace:
         info["subspace"] = m
+    if lowrank:
+        info["lowrank"] = True
     if scale != 1:
         theta.mul_(scale)
     return theta, info
@@ -250,13 +281,13 @@ def spectral_layer(taus: torch.Tensor, build_filter, *, init: str = "sum", scale
 @register("average", "mean of the experts: merged = base + mean_i tau_i", spectral=False)
 def average(taus: torch.Tensor, *, name: str = "") -> tuple[torch.Tensor, dict]:
     """``delta = mean_i tau_i``; taus (N, *shape)."""
-    return taus.mean(0), {}
+    return _dense(taus).mean(0), {}
 
 
 @register("task_arithmetic", "base + s * sum_i tau_i", spectral=False)
 def task_arithmetic(taus: torch.Tensor, *, name: str = "", scale: Scale = 0.3):
     """``delta = s sum_i tau_i``; taus (N, *shape)."""
-    return scale * taus.sum(0), {}
+    return scale * _dense(taus).sum(0), {}
 
 
 @register(
@@ -273,6 +304,7 @@ def ties(taus: torch.Tensor, *, name: str = "",
     ``gamma = sign(sum_i trimmed_i)``, ``delta = s * sum_i trimmed_i 1[sign(trimmed_i) = gamma]
     / max(1, #{i : sign(trimmed_i) = gamma})``.
     """
+    taus = _dense(taus)
     N = taus.shape[0]
     flat = taus.reshape(N, -1)
     numel = flat.shape[1]
@@ -310,6 +342,7 @@ def wudi(taus: torch.Tensor, *, name: str = "",
     step. ``reference=True``: ``wudi_reference(taus, theta0)``, the explicit
     ``sum_i ||(theta - tau_i) tau_i^T||^2 / n_i`` with autograd, O(N d_out^2 d_in) per step.
     """
+    taus = _dense(taus)  # Adam on the explicit problem: dense C and D
     n_live = live_count(taus)
     if n_live == 0:
         return _zero_layer(taus)
@@ -419,7 +452,7 @@ def lam_max(taus: torch.Tensor) -> float:
     the smaller Gram matrix of the stacked normalized task matrix ``T`` (``C = T^T T``; ``T T^T``
     has the same nonzero spectrum), so it costs ``O(min(d_in, N d_out)^2 max(...))`` without ``D``
     or eigenvectors. Zero experts are skipped; 0 for an all-zero layer."""
-    t, n = live_experts(taus)
+    t, n = live_experts(_dense(taus))
     if not n.numel():
         return 0.0
     T = (t / n.sqrt().view(-1, 1, 1)).reshape(-1, taus.shape[-1])
@@ -541,6 +574,8 @@ def swudi_method(taus: torch.Tensor, *, name: str = "", t: Time = 1300.0, kappa:
     the estimator's tolerance ``max(1e-8, d eps lambda_max)`` (the authors divide by ``max(lambda,
     1e-8)`` there; ``D q_k`` is round-off on those directions either way).
     """
+    if isinstance(taus, LowRankTasks) and (consensus_power > 0 or output_exp_time is not None):
+        taus = taus.dense()  # the consensus factor and the output filter read every tau_i
     d_out = taus.shape[1]
     neutral = (filter_type == "exponential" and alignment_rho == 0 and filter_gamma == 1 and tikhonov_alpha == 0
                and consensus_power == 0 and output_exp_time is None)
@@ -707,6 +742,7 @@ def optmerge(taus: torch.Tensor, *, name: str = "",
     (:func:`~swudi_lab.spectral.iterative.adam_wudi`), the iterates of autograd on the explicit loss.
     With one expert the target is the expert and the start is its minimizer: it returns the expert.
     """
+    taus = _dense(taus)  # per-expert SVD targets of the dense tau_i
     if live_count(taus) == 0:
         return _zero_layer(taus)
     targets, P, n, K = optmerge_problem(taus, rank)

@@ -3,6 +3,8 @@
 - :mod:`~swudi_lab.spectral.filters`: filter factors ``f(lambda)`` (pseudoinverse, Landweber,
   exponential, Tikhonov, top-K, SWUDI, Wiener, products).
 - :mod:`~swudi_lab.spectral.wudi`: a layer's task vectors -> ``C``, ``D``, the WUDI loss and gradient.
+- :mod:`~swudi_lab.spectral.lowrank`: low-rank task vectors ``tau_i = s_i B_i A_i`` (LoRA) and their
+  WUDI problem in the span of the ``A_i`` rows (:func:`lowrank_operator`).
 - :mod:`~swudi_lab.spectral.estimator`: ``theta_f`` from ``(C, D, theta0, filter)``; the SVD form for ``A x = b``.
 """
 
@@ -26,6 +28,7 @@ from .filters import (
 from .wudi import (LayerOperator, as_task_stack, interference_operator, kappa_time, layer_operator,
                    subspace_operator, live_count, live_experts, loss_constant, quadratic_loss, sum_init,
                    task_norms, time_kappa, wudi_gradient, wudi_loss)
+from .lowrank import LowRankOperator, LowRankTasks, lowrank_operator
 from .iterative import (
     Trajectory,
     adam_wudi,
