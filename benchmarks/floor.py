@@ -28,7 +28,9 @@ Per layer, on the same matrices, in one process and interleaved (the order rotat
 peak RSS on CPU). The ratios against the targets of issue 21 (>= 1.5x faster than straightforward,
 <= 1.2x the floor, <= 0.5x its peak memory) are printed for each method, and the eigendecomposition
 candidates (``torch.linalg.eigh``, swudi_lab's tridiagonal route, ``scipy.linalg.eigh`` drivers) are timed on the d_in x d_in C of
-every shape. Results also go to ``--out`` (JSON).
+every shape. Then the low-rank table of ``benchmarks/lora.py`` (8 rank-16 LoRA adapters on ViT-B/16
+and Llama-3-8B shapes, dense path against low-rank path; ``--no-lora`` skips it). Results also go to
+``--out`` (JSON).
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ from swudi_lab.merge import get_method, resolve_params
 from swudi_lab.merge.engine import _no_tf32
 from swudi_lab.spectral.filters import swudi_count
 from swudi_lab.spectral.linalg import symmetric_eigh, tridiagonal_eigh
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import lora  # noqa: E402  (benchmarks/lora.py, the low-rank table)
 
 BLOCK = [("q_proj", 768, 768), ("k_proj", 768, 768), ("v_proj", 768, 768), ("out_proj", 768, 768),
          ("fc1", 3072, 768), ("fc2", 768, 3072)]
@@ -252,6 +257,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="measurements per layer and implementation (min taken)")
     ap.add_argument("--quick", action="store_true", help="only the 768 x 768 and position layers, 1 repeat")
     ap.add_argument("--out", default=None, help="JSON output (default: results/bench/floor.json)")
+    ap.add_argument("--no-lora", action="store_true", help="skip the low-rank (LoRA) table of benchmarks/lora.py")
     args = ap.parse_args(argv)
     block = BLOCK[:1] if args.quick else BLOCK
     layers = [(f"{lab} b{b}", o, i) for b in range(args.blocks) for lab, o, i in block]
@@ -272,11 +278,18 @@ def main(argv=None) -> int:
     print("|" + "---|" * len(eig[0]))
     for e in eig:
         print(f"| {e['d']} | " + " | ".join(f"{v:.3f} s" for k, v in e.items() if k != "d") + " |")
+    lora_rows = None
+    if not args.no_lora:  # issue 21 section 3: LoRA experts, dense path against low-rank path, in the same run
+        print("\nLoRA experts (benchmarks/lora.py): SWUDI on 8 rank-16 adapters, dense path against low-rank path")
+        lora_rows = lora.run(repeats, shapes=lora.SHAPES[:1] if args.quick else None)
+        print()
+        print(lora.table(lora_rows))
+        load_end = os.getloadavg()
     print(f"\nload average at the end {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}")
     out = Path(args.out) if args.out else paths.bench_results_dir() / "floor.json"
     meta = {"threads": torch.get_num_threads(), "blocks": args.blocks, "repeats": repeats, "torch": torch.__version__,
             "load_start": load, "load_end": load_end, "command": " ".join([os.path.basename(sys.executable)] + sys.argv)}
-    atomic_write_text(out, json.dumps({"meta": meta, "rows": rows, "eigh": eig,
+    atomic_write_text(out, json.dumps({"meta": meta, "rows": rows, "eigh": eig, "lora": lora_rows,
                                        "per_layer": {k: {lab: v for lab, v in per.items()} for k, per in results.items()}},
                                       indent=1))
     print(f"wrote {out}")
