@@ -52,7 +52,7 @@ from swudi_lab.files import atomic_write_text
 from swudi_lab.merge import get_method, resolve_params
 from swudi_lab.merge.engine import _no_tf32
 from swudi_lab.spectral.filters import swudi_count
-from swudi_lab.spectral.linalg import symmetric_eigh, tridiagonal_eigh
+from swudi_lab.spectral.linalg import eigenpairs, tridiagonal_eigenpairs, tridiagonal_eigh
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lora  # noqa: E402  (benchmarks/lora.py, the low-rank table)
@@ -122,8 +122,9 @@ def straightforward(taus: torch.Tensor, method: str, t: float = 1300.0, ratio: f
 def floor(taus: torch.Tensor, K: int, f: torch.Tensor, f_over: torch.Tensor) -> torch.Tensor:
     """The minimal work of a one-eigh merge with K kept directions: the norms, ``C`` and ``D`` (one
     Gram matrix at a time, symmetric ones by BLAS ``syrk``, D in the cheaper association), one
-    ``eigh`` by the fastest exact routine measured (:func:`swudi_lab.spectral.linalg.symmetric_eigh`),
-    ``[D; theta0] V_K`` as one product and ``theta0 + coeff V_K^T``. ``f``,
+    ``eigh`` by the fastest exact routine measured with only the K kept eigenvectors formed
+    (:func:`swudi_lab.spectral.linalg.eigenpairs`), ``[D; theta0] V_K`` as one product and
+    ``theta0 + coeff V_K^T``; no diagnostics. ``f``,
     ``f_over`` (K,) are given (computing them is not the floor's work)."""
     from scipy.linalg import blas
 
@@ -146,8 +147,7 @@ def floor(taus: torch.Tensor, K: int, f: torch.Tensor, f_over: torch.Tensor) -> 
     if d_in > d_out:
         C = C.tril() + C.tril(-1).T
     torch.sum(taus, 0, out=M[d_out:])
-    lam, V = symmetric_eigh(C)
-    Vk = V[:, :K]
+    Vk = eigenpairs(C).leading(K)  # the K leading eigenvectors (only those back-transformed on the tridiagonal route)
     P = M @ Vk
     coeff = P[:d_out] * f_over - P[d_out:] * f
     return torch.addmm(M[d_out:], coeff, Vk.T)
@@ -205,6 +205,7 @@ def eigh_candidates(dims, repeats: int) -> list[dict]:
         Cn = np.ascontiguousarray(C.numpy())
         cands = {"torch.linalg.eigh": lambda: torch.linalg.eigh(C),
                  "swudi_lab tridiagonal": lambda: tridiagonal_eigh(C),
+                 "swudi_lab tridiagonal, top 65% vectors": lambda: tridiagonal_eigenpairs(C).leading(swudi_count(d, 0.65)),
                  "scipy evd": lambda: sl.eigh(Cn, driver="evd", check_finite=False),
                  "scipy evr": lambda: sl.eigh(Cn, driver="evr", check_finite=False),
                  "scipy evr top 65%": lambda: sl.eigh(Cn, driver="evr", check_finite=False,

@@ -5,7 +5,7 @@ import torch
 
 import swudi_lab.spectral.linalg as linalg
 from swudi_lab.spectral import eigh, layer_operator
-from swudi_lab.spectral.linalg import gram, symmetric_eigh, tridiagonal_eigh
+from swudi_lab.spectral.linalg import gram, symmetric_eigh, tridiagonal_eigenpairs, tridiagonal_eigh
 
 
 @pytest.mark.parametrize("m, n, block", [(7, 5, 2), (40, 33, 8), (12, 30, 7), (5, 9, 100)])
@@ -70,8 +70,8 @@ def test_tridiagonal_eigh_refuses_other_dtypes():
 
 def test_symmetric_eigh_routes_large_cpu_matrices_through_the_tridiagonal(monkeypatch):
     calls = []
-    real = linalg.tridiagonal_eigh
-    monkeypatch.setattr(linalg, "tridiagonal_eigh", lambda C, **k: calls.append(C.shape[0]) or real(C, **k))
+    real = linalg.tridiagonal_eigenpairs
+    monkeypatch.setattr(linalg, "tridiagonal_eigenpairs", lambda C, **k: calls.append(C.shape[0]) or real(C, **k))
     monkeypatch.setattr(linalg, "TRIDIAGONAL_MIN", {1: 20, "threaded": 20})
     small, large = _psd(10, 10, torch.float64), _psd(30, 30, torch.float64)
     for C in (small, large):
@@ -96,3 +96,45 @@ def test_layer_operator_stacked_gram_matches_per_expert_sums():
     D = sum(t @ t.T @ t / ni for t, ni in zip(taus, n) if ni > 0)
     assert torch.allclose(op.C, C, atol=1e-13) and torch.equal(op.C, op.C.T)
     assert torch.allclose(op.D, D, atol=1e-13) and op.n_live == 3
+
+
+def test_eigenpairs_form_only_the_leading_columns_asked_for():
+    """The tridiagonal route back-transforms k columns for leading(k): the same columns as the full V."""
+    C = _psd(40, 40, torch.float64, seed=9)
+    full = tridiagonal_eigh(C, nb=8)[1]
+    pairs = tridiagonal_eigenpairs(C, nb=8)
+    assert pairs.formed == 0
+    V5 = pairs.leading(5)
+    assert pairs.formed == 5 and V5.shape == (40, 5)
+    assert torch.allclose(V5, full[:, :5], atol=1e-13)
+    assert pairs.leading(3).data_ptr() == V5.data_ptr()  # a view of what is formed
+    lam, V = pairs  # unpacks like Eig: every column
+    assert pairs.formed == 40 and torch.allclose(V, full, atol=1e-13) and torch.equal(lam, pairs.values)
+
+
+@pytest.mark.parametrize("method, params", [("swudi", {}), ("swudi", {"init": "zero"}), ("swudi_a", {}),
+                                            ("closed_form", {}), ("swudi_a", {"rank_rule": "loss_kneedle"})])
+def test_spectral_methods_on_the_tridiagonal_route_equal_torchs(monkeypatch, method, params):
+    """The merge and its report are the same (float64) whichever eigh route runs: with the tridiagonal
+    route a top-K merge forms only its K columns and takes q(theta0) from tr(theta0 C theta0^T)."""
+    from swudi_lab.merge import get_method, resolve_params
+
+    g = torch.Generator().manual_seed(11)
+    taus = torch.randn(4, 12, 40, generator=g, dtype=torch.float64) @ torch.randn(40, 40, generator=g,
+                                                                                   dtype=torch.float64)
+    m = get_method(method)
+    p = resolve_params(m, params)
+    monkeypatch.setattr(linalg, "TRIDIAGONAL_MIN", {1: 10**9, "threaded": 10**9})
+    ref, ref_info = m.fn(taus, name="layer", **p)
+    formed = []
+    real = linalg.Eigenpairs.leading
+    monkeypatch.setattr(linalg.Eigenpairs, "leading", lambda self, k: formed.append(k) or real(self, k))
+    monkeypatch.setattr(linalg, "TRIDIAGONAL_MIN", {1: 10, "threaded": 10})
+    theta, info = m.fn(taus, name="layer", **p)
+    assert float((theta - ref).norm() / ref.norm()) <= 1e-10  # (entrywise the closed form's small lambda amplify round-off)
+    for key in ("k", "loss_before", "loss_after", "lam_max"):
+        assert info[key] == pytest.approx(ref_info[key], rel=1e-10), key
+    if method == "swudi" or (method == "swudi_a" and "rank_rule" not in params):
+        assert formed == [info["k"]] and info["k"] < 40  # only the kept columns were back-transformed
+    else:
+        assert formed[-1] == 40  # every column (closed form; a rule that reads D q_k on all of them)

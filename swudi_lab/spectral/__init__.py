@@ -10,6 +10,7 @@
 
 from .estimator import (EIGEN_FLOOR, SVD, Eig, EigenbasisEstimate, check_normal_equation, eigenbasis_estimate, eigh,
                         filter_factors, filtered_solve, numerical_rank_tolerance, spectral_estimate, svd)
+from .linalg import Eigenpairs, eigenpairs, gram, symmetric_eigh
 from .filters import (
     FILTERS,
     Filter,

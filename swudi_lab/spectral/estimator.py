@@ -158,7 +158,7 @@ class EigenbasisEstimate(NamedTuple):
 
 def eigenbasis_estimate(lam: torch.Tensor, V: torch.Tensor, rhs: torch.Tensor, d_out: int, f: torch.Tensor,
                         f_over_lam: torch.Tensor, *, projections: torch.Tensor | None = None,
-                        losses: bool = False) -> EigenbasisEstimate:
+                        losses: bool = False, start_energy: float | None = None) -> EigenbasisEstimate:
     """``theta_f = theta0 + [(D V) diag(f / lambda) - (theta0 V) diag(f)] V^T`` over the kept columns.
 
     Args:
@@ -175,7 +175,9 @@ def eigenbasis_estimate(lam: torch.Tensor, V: torch.Tensor, rhs: torch.Tensor, d
                 q(theta_f) = q(theta0) + sum_{k kept} lam_k (2 <a_k, c_k> + ||c_k||^2) - 2 <c_k, b_k>
 
             The only product they add is ``theta0 V_d`` over the dropped columns (``lam_k ||a_k||^2``
-            there), none with ``projections`` or when nothing is dropped.
+            there), none with ``projections``, with ``start_energy`` or when nothing is dropped.
+        start_energy: ``sum_k lam_k ||a_k||^2 = tr(theta0 C theta0^T)`` when the caller has it, so that
+            V need hold only the kept columns (a top-K prefix) even with ``losses``.
 
     Cost: one (rows, d_in) x (d_in, K) product and one (d_out, K) x (K, d_in) product. Memory: the
     (rows, K) projections and the output.
@@ -198,8 +200,8 @@ def eigenbasis_estimate(lam: torch.Tensor, V: torch.Tensor, rhs: torch.Tensor, d
         if start:
             theta0 = rhs[d_out:]
             change = change + 2 * (lk * (A * coeff).sum(0)).sum()
-            energy = (lk * A.pow(2).sum(0)).sum()
-            if count < keep.numel():
+            energy = (lk * A.pow(2).sum(0)).sum() if start_energy is None else start_energy
+            if count < keep.numel() and start_energy is None:
                 drop = ~keep
                 Vd = V[:, count:] if bool(drop[count:].all()) else V[:, drop]  # a suffix (top-K): a view
                 Ad = projections[d_out:, drop] if projections is not None else theta0 @ Vd

@@ -20,7 +20,11 @@ product at the speed of one. The result is the same decomposition to round-off (
 orthogonality as LAPACK's, ``tests/test_linalg.py``); on this project's 2-core CPU a 3072 x 3072
 float32 ``eigh`` takes 2.0 s against 2.5 s for ``torch.linalg.eigh`` (``benchmarks/floor.py``).
 
-:func:`symmetric_eigh` picks the route: the tridiagonal one on the CPU from the size where it is
+:func:`eigenpairs` returns the eigenvalues at once and forms V's columns when asked
+(:class:`Eigenpairs`): a top-K filter back-transforms only its K leading columns, ``2 d^2 K`` flops
+(SWUDI's K = 0.65 d; SWUDI-A's K is often a tenth of d).
+
+:func:`symmetric_eigh` and :func:`eigenpairs` pick the route: the tridiagonal one on the CPU from the size where it is
 measured faster (``TRIDIAGONAL_MIN``, by torch's thread count: MKL's ``syevd`` uses a second
 thread better), ``torch.linalg.eigh`` otherwise (and on GPUs, where torch calls cuSOLVER).
 """
@@ -30,7 +34,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["gram", "symmetric_eigh", "tridiagonal_eigh", "TRIDIAGONAL_MIN", "REFLECTOR_BLOCK"]
+__all__ = ["gram", "Eigenpairs", "eigenpairs", "symmetric_eigh", "tridiagonal_eigenpairs", "tridiagonal_eigh",
+           "TRIDIAGONAL_MIN", "REFLECTOR_BLOCK"]
 
 # From which size the tridiagonal route is the faster one, by torch's thread count (measured on a
 # 2-core AMD EPYC, float32: 1 thread 1024: 0.10 s vs 0.12 s for torch.linalg.eigh, 3072: 2.0 vs 2.5;
@@ -67,18 +72,18 @@ def _lapack(dtype: torch.dtype):
     raise ValueError(f"tridiagonal_eigh needs float32 or float64, got {dtype}")
 
 
-def _back_transform(reflectors: torch.Tensor, tau: torch.Tensor, Zt: torch.Tensor, nb: int) -> torch.Tensor:
-    """``(Q Z)^T = Z^T Q^T`` in place on ``Zt = Z^T`` (one eigenvector per row), for
-    ``Q = H_0 H_1 ... H_{d-2}`` as LAPACK's ``sytrd(lower)`` stores it: ``v_j`` is 0 above row
-    ``j + 1``, 1 at row ``j + 1`` and ``reflectors[j+2:, j]`` below.
+def _back_transform(reflectors: torch.Tensor, tau: torch.Tensor, Z: torch.Tensor, nb: int) -> torch.Tensor:
+    """``Q Z`` in place on the row-major Z (d, k), for ``Q = H_0 H_1 ... H_{d-2}`` as LAPACK's
+    ``sytrd(lower)`` stores it: ``v_j`` is 0 above row ``j + 1``, 1 at row ``j + 1`` and
+    ``reflectors[j+2:, j]`` below.
 
-    Blocks of ``nb`` reflectors, last block first (``Z^T Q^T = Z^T Q_L^T ... Q_0^T``, ``Q_b`` the
-    product of block b's reflectors); per block ``Q_b = I - W S W^T`` (compact WY) with ``S`` the
-    inverse of the triangular ``striu(W^T W) + diag(1 / tau)`` (the UT transform), so the update of
-    the touched columns is ``M -= ((M W) S^T) W^T``: three products. A reflector with ``tau = 0`` is
-    the identity: its column of W is zeroed (and its diagonal entry set to 1).
+    Blocks of ``nb`` reflectors, last block first (``Q Z = Q_0 (Q_1 (... Q_L Z))``, ``Q_b`` the product
+    of block b's reflectors); per block ``Q_b = I - W S W^T`` (compact WY) with ``S`` the inverse of the
+    triangular ``striu(W^T W) + diag(1 / tau)`` (the UT transform), so the update of the touched rows
+    is ``Z_r -= W (S (W^T Z_r))``: three products. A reflector with ``tau = 0`` is the identity: its
+    column of W is zeroed (and its diagonal entry set to 1).
     """
-    d = Zt.shape[0]
+    d = Z.shape[0]
     for j0 in reversed(range(0, d - 1, nb)):
         j1 = min(j0 + nb, d - 1)
         W = reflectors[j0 + 1:, j0:j1].tril(-1)  # a copy, (d - j0 - 1, j1 - j0)
@@ -90,25 +95,63 @@ def _back_transform(reflectors: torch.Tensor, tau: torch.Tensor, Zt: torch.Tenso
         S_inv = (W.T @ W).triu(1)
         S_inv.diagonal().copy_(torch.where(live, 1 / torch.where(live, t, torch.ones_like(t)), torch.ones_like(t)))
         S = torch.linalg.solve_triangular(S_inv, torch.eye(j1 - j0, dtype=W.dtype), upper=True)
-        M = Zt[:, j0 + 1:]
-        M.sub_(((M @ W) @ S.T) @ W.T)
-    return Zt
+        rows = Z[j0 + 1:]
+        rows.sub_(W @ (S @ (W.T @ rows)))
+    return Z
 
 
-def tridiagonal_eigh(C: torch.Tensor, *, nb: int = REFLECTOR_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(lam, V)`` with ``C = V diag(lam) V^T``, ``lam`` descending, for a symmetric CPU C (float32/64):
-    LAPACK ``sytrd`` and ``stevd`` then the back-transformation by WY blocks (module docstring).
+class Eigenpairs:
+    """``C = V diag(values) V^T``, ``values`` descending, with V formed when asked.
+
+    ``values`` is there at once; :meth:`leading` gives the first k columns of V (on the tridiagonal
+    route only those k are back-transformed: a top-K filter pays ``2 d^2 K`` flops, not ``2 d^3``),
+    ``vectors`` all of them. Unpacks like :class:`~swudi_lab.spectral.Eig`: ``lam, V = pairs``.
+    """
+
+    def __init__(self, values: torch.Tensor, vectors: torch.Tensor | None = None, *, factors=None,
+                 nb: int = REFLECTOR_BLOCK):
+        self.values = values
+        self._V = vectors  # the leading columns formed so far (all of them on torch's route)
+        self._factors = factors  # (reflectors, tau, z): Q as sytrd stores it, T's eigenvectors (column-major)
+        self._nb = nb
+
+    def leading(self, k: int) -> torch.Tensor:
+        """The first k columns of V (d, k): a view when they are formed already."""
+        if self._V is not None and self._V.shape[1] >= k:
+            return self._V[:, :k]
+        reflectors, tau, z = self._factors
+        self._V = _back_transform(reflectors, tau, torch.from_numpy(z)[:, :k].contiguous(), self._nb)
+        if k == self.values.numel():
+            self._factors = None
+        return self._V
+
+    @property
+    def vectors(self) -> torch.Tensor:
+        """V (d, d), column k the eigenvector of ``values[k]``."""
+        return self.leading(self.values.numel())
+
+    @property
+    def formed(self) -> int:
+        """How many leading columns of V are formed (d on torch's route)."""
+        return 0 if self._V is None else self._V.shape[1]
+
+    def __iter__(self):
+        return iter((self.values, self.vectors))
+
+
+def tridiagonal_eigenpairs(C: torch.Tensor, *, nb: int = REFLECTOR_BLOCK) -> Eigenpairs:
+    """:class:`Eigenpairs` of a symmetric CPU C (float32/64) by LAPACK ``sytrd`` and ``stevd``, the
+    back-transformation by WY blocks deferred to :meth:`Eigenpairs.leading` (module docstring).
 
     C is read, not modified (LAPACK works on its own copy; as C is symmetric, its transpose is
-    handed over without a copy, so the triangle read is C's upper one). V is returned as the
-    transpose of a row-major matrix (one eigenvector per row in memory): a view, valid everywhere
-    torch takes a matrix. Memory: two d x d matrices (LAPACK's reflectors, and its Z that becomes
-    V). Raises ``torch.linalg.LinAlgError`` if LAPACK reports a failure.
+    handed over without a copy, so the triangle read is C's upper one). Memory: two d x d matrices
+    (LAPACK's reflectors and its Z) until V is formed, then V. Raises ``torch.linalg.LinAlgError``
+    if LAPACK reports a failure.
     """
     sytrd, sytrd_lwork, stevd = _lapack(C.dtype)
     d = C.shape[0]
     if d < 2:  # nothing to reduce (and LAPACK's stevd wants a non-empty off-diagonal)
-        return C.diagonal().clone(), torch.ones_like(C)
+        return Eigenpairs(C.diagonal().clone(), torch.ones_like(C))
     A = C.detach().contiguous().numpy().T  # Fortran order, no copy: C^T = C
     lwork, info = sytrd_lwork(d, lower=1)
     c, diag, off, tau, info = sytrd(A, lower=1, lwork=int(lwork), overwrite_a=0)
@@ -118,15 +161,30 @@ def tridiagonal_eigh(C: torch.Tensor, *, nb: int = REFLECTOR_BLOCK) -> tuple[tor
     neg, z, info = stevd(-diag, -off, compute_v=1)  # -T's ascending order is T's descending one
     if info != 0:
         raise torch.linalg.LinAlgError(f"LAPACK stevd failed (info={info}) on a {d} x {d} tridiagonal")
-    Zt = torch.from_numpy(z.T)  # z is column-major: z.T is row-major, a row per eigenvector (no copy)
-    _back_transform(torch.from_numpy(c.T).T, torch.from_numpy(tau), Zt, nb)
-    return torch.from_numpy(-neg), Zt.T
+    return Eigenpairs(torch.from_numpy(-neg), factors=(torch.from_numpy(c.T).T, torch.from_numpy(tau), z), nb=nb)
+
+
+def tridiagonal_eigh(C: torch.Tensor, *, nb: int = REFLECTOR_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(lam, V)``, ``lam`` descending, by the tridiagonal route with every column formed."""
+    pairs = tridiagonal_eigenpairs(C, nb=nb)
+    return pairs.values, pairs.vectors
+
+
+def _tridiagonal_route(C: torch.Tensor) -> bool:
+    smallest = TRIDIAGONAL_MIN[1 if torch.get_num_threads() == 1 else "threaded"]
+    return C.device.type == "cpu" and C.shape[0] >= smallest and C.dtype in (torch.float32, torch.float64)
+
+
+def eigenpairs(C: torch.Tensor) -> Eigenpairs:
+    """:class:`Eigenpairs` of C by the fastest exact routine measured for C's device and size (the
+    tridiagonal route's columns formed on demand; torch's all at once)."""
+    if _tridiagonal_route(C):
+        return tridiagonal_eigenpairs(C)
+    lam, V = torch.linalg.eigh(C)
+    return Eigenpairs(lam.flip(0), V.flip(1))
 
 
 def symmetric_eigh(C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(lam, V)``, ``lam`` descending, by the fastest exact routine measured for C's device and size."""
-    smallest = TRIDIAGONAL_MIN[1 if torch.get_num_threads() == 1 else "threaded"]
-    if C.device.type == "cpu" and C.shape[0] >= smallest and C.dtype in (torch.float32, torch.float64):
-        return tridiagonal_eigh(C)
-    lam, V = torch.linalg.eigh(C)
-    return lam.flip(0), V.flip(1)
+    pairs = eigenpairs(C)
+    return pairs.values, pairs.vectors
