@@ -40,3 +40,18 @@ def task_stack(n=4, d_out=24, d_in=16, rank=3, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     low = torch.randn(n, d_out, rank, generator=g, dtype=dtype) @ torch.randn(n, rank, d_in, generator=g, dtype=dtype)
     return 0.1 * low / rank + 0.01 * torch.randn(n, d_out, d_in, generator=g, dtype=dtype)
+
+
+def cached_repo(cache, repo: str, src, names) -> None:
+    """A snapshot in an HF hub cache, as huggingface_hub lays it out, so that offline reads find it."""
+    import shutil
+    from pathlib import Path
+
+    folder = Path(cache) / f"models--{repo.replace('/', '--')}"
+    commit = "0" * 40
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    snap = folder / "snapshots" / commit
+    snap.mkdir(parents=True)
+    for n in names:
+        shutil.copy(Path(src) / n, snap / n)

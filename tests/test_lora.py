@@ -8,6 +8,8 @@ import math
 import pytest
 import torch
 
+from merge_helpers import cached_repo
+
 import swudi_lab  # noqa: F401
 from swudi_lab.merge import get_method, merge, merge_files, methods, resolve_params, save_safetensors
 from swudi_lab.merge.io import DictCheckpoint, load_state_dict
@@ -416,6 +418,40 @@ def test_cli_merges_adapter_directories(peft_models, tmp_path):
     api = merge(root / "base", adapters, "swudi_a", progress=False, device="cpu").state_dict
     got = load_state_dict(out / "model.safetensors")
     assert set(got) == set(api) and all(torch.equal(got[k], api[k]) for k in api)
+
+
+HUB_ADAPTERS = """
+import sys
+from swudi_lab.cli import main
+sys.exit(main(["merge", "--base", sys.argv[1], "--experts", *sys.argv[3:], "--method", "swudi", "--out", sys.argv[2],
+               "--quiet", "--no-progress", "--device", "cpu"]))
+"""
+
+
+def test_adapters_by_hub_id_from_the_cache(peft_models, tmp_path):
+    """Adapters given as hub ids (offline, from the HF cache, fetched like any hub model: safetensors and json)
+    merge as their local directories do."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root, adapters, _, _ = peft_models
+    cache = tmp_path / "hub"
+    ids = [f"swudi-test/lora-{i}" for i in range(len(adapters))]
+    for repo, a in zip(ids, adapters):
+        cached_repo(cache, repo, a, ["adapter_config.json", "adapter_model.safetensors"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache), OMP_NUM_THREADS="1",
+               PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    r = subprocess.run([sys.executable, "-c", HUB_ADAPTERS, str(root / "base"), str(tmp_path / "out"), *ids],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    local = merge(root / "base", adapters, "swudi", progress=False, device="cpu").state_dict
+    got = load_state_dict(tmp_path / "out" / "model.safetensors")
+    assert set(got) == set(local) and all(torch.equal(got[k], local[k]) for k in local)
+    meta = json.loads((tmp_path / "out" / "merge_report.json").read_text())["meta"]
+    assert meta["experts"] == ids  # the report names the hub ids
 
 
 def test_benchmark_rows_and_table():

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from merge_helpers import cached_repo
 import swudi_lab.torchvision_compat  # noqa: F401  (before transformers)
 
 transformers = pytest.importorskip("transformers")
@@ -314,18 +315,6 @@ def test_bad_inputs_fail_before_any_work_and_write_nothing(tmp_path, zoo):
     assert _listing(parent) == ["keep.txt"] and (zoo["base_vis"] / "model.safetensors").is_file()
 
 
-def _cached_repo(cache: Path, repo: str, src: Path, names) -> None:
-    """A snapshot in an HF hub cache, as huggingface_hub lays it out, so that offline reads find it."""
-    folder = cache / f"models--{repo.replace('/', '--')}"
-    commit = "0" * 40
-    (folder / "refs").mkdir(parents=True)
-    (folder / "refs" / "main").write_text(commit)
-    snap = folder / "snapshots" / commit
-    snap.mkdir(parents=True)
-    for n in names:
-        shutil.copy(src / n, snap / n)
-
-
 HUB_SCRIPT = """
 import sys, time
 from swudi_lab.merge.io import open_checkpoint
@@ -356,12 +345,12 @@ def _run_hub(env_extra, *args):
 
 def test_hub_ids_offline_cached_and_not(tmp_path, zoo):
     cache = tmp_path / "hub"
-    _cached_repo(cache, "swudi-test/tiny-clip", zoo["base_vis"], ["config.json", "model.safetensors"])
+    cached_repo(cache, "swudi-test/tiny-clip", zoo["base_vis"], ["config.json", "model.safetensors"])
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     shutil.copy(zoo["base_vis"] / "config.json", bin_dir)
     torch.save(zoo["base_sd"], bin_dir / "pytorch_model.bin")
-    _cached_repo(cache, "swudi-test/tiny-bin", bin_dir, ["config.json", "pytorch_model.bin"])
+    cached_repo(cache, "swudi-test/tiny-bin", bin_dir, ["config.json", "pytorch_model.bin"])
     out = tmp_path / "merged"
     r, _ = _run_hub({"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}, out, zoo["dirs"][1], zoo["dirs"][2])
     assert r.returncode == 0, r.stderr

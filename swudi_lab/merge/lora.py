@@ -322,10 +322,13 @@ class LoraAdapter(Checkpoint):
 
 
 def open_expert(source, base: Checkpoint, label: str | None = None) -> Checkpoint:
-    """An adapter directory as a :class:`LoraAdapter` on ``base``; anything else through
-    :func:`~swudi_lab.merge.io.open_checkpoint`."""
-    from .io import open_checkpoint
+    """An adapter directory, or a hub id whose repository holds an adapter, as a :class:`LoraAdapter`
+    on ``base``; anything else through :func:`~swudi_lab.merge.io.open_checkpoint`."""
+    from .io import HFDirectoryCheckpoint, fetch_hub_model, is_hub_id, open_checkpoint
 
+    if isinstance(source, str) and is_hub_id(source):  # fetched once (safetensors and json), then told apart
+        snap = fetch_hub_model(source)
+        return LoraAdapter(snap, base, label or source) if is_adapter_dir(snap) else HFDirectoryCheckpoint(snap, label or source)
     return LoraAdapter(source, base, label) if is_adapter_dir(source) else open_checkpoint(source, label)
 
 

@@ -42,7 +42,7 @@ __all__ = ["gram", "Eigenpairs", "eigenpairs", "symmetric_eigh", "tridiagonal_ei
 # 2 threads 1536: 0.22 vs 0.17, 2048: 0.39 vs 0.41, 3072: 1.09 vs 1.33; benchmarks/floor.py's table).
 TRIDIAGONAL_MIN = {1: 1024, "threaded": 2048}
 REFLECTOR_BLOCK = 128  # reflectors per WY block in the back-transformation
-GRAM_BLOCK = 384  # column block of gram(): the fastest measured on ViT shapes (benchmarks/floor.py)
+GRAM_BLOCK = 256  # column block of gram(): the fastest measured on ViT shapes (6144 x 3072: 0.68 s, 384: 0.70, plain 1.15)
 
 
 def gram(X: torch.Tensor, row_weights: torch.Tensor | None = None, *, block: int = GRAM_BLOCK) -> torch.Tensor:
