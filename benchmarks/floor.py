@@ -307,6 +307,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="only the 768 x 768 and position layers, 1 repeat")
     ap.add_argument("--out", default=None, help="JSON output (default: results/bench/floor.json)")
     ap.add_argument("--no-lora", action="store_true", help="skip the low-rank (LoRA) table of benchmarks/lora.py")
+    ap.add_argument("--dense-budget", type=float, default=lora.DENSE_BUDGET_S,
+                    help="LoRA table: skip a dense run estimated above this many seconds (default %(default)s)")
     args = ap.parse_args(argv)
     block = BLOCK[:1] if args.quick else BLOCK
     layers = [(f"{lab} b{b}", o, i) for b in range(args.blocks) for lab, o, i in block]
@@ -330,7 +332,7 @@ def main(argv=None) -> int:
     lora_rows = None
     if not args.no_lora:  # issue 21 section 3: LoRA experts, dense path against low-rank path, in the same run
         print("\nLoRA experts (benchmarks/lora.py): SWUDI on 8 rank-16 adapters, dense path against low-rank path")
-        lora_rows = lora.run(repeats, shapes=lora.SHAPES[:1] if args.quick else None)
+        lora_rows = lora.run(repeats, shapes=lora.SHAPES[:1] if args.quick else None, dense_budget_s=args.dense_budget)
         print()
         print(lora.table(lora_rows))
         load_end = os.getloadavg()
