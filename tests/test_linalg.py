@@ -66,6 +66,8 @@ def test_tridiagonal_eigh_handles_identity_reflectors():
 def test_tridiagonal_eigh_refuses_other_dtypes():
     with pytest.raises(ValueError, match="float32 or float64"):
         tridiagonal_eigh(torch.eye(3, dtype=torch.float16))
+    with pytest.raises(ValueError, match=r"square CPU matrix, got shape \(3, 4\)"):
+        tridiagonal_eigh(torch.zeros(3, 4))
 
 
 def test_symmetric_eigh_routes_large_cpu_matrices_through_the_tridiagonal(monkeypatch):

@@ -11,22 +11,24 @@ from scipy it runs on OpenBLAS's thread pool, which fights torch's over a small 
     T = Z diag(lam) Z^T  divide and conquer on the tridiagonal (LAPACK stevd), O(d^2) to O(d^3)
     V = Q Z              the back-transformation,                         2 d^3 flops
 
-LAPACK's ``syevd`` runs exactly these, but its back-transformation (``ormtr``) applies the
-reflectors in narrow blocks. :func:`tridiagonal_eigh` runs the first two stages in LAPACK (from
-scipy) and the third as a few wide matrix products in torch: the reflectors ``H_j = I - tau_j v_j v_j^T``
-of a block of ``nb`` are one ``I - W S W^T`` (the compact WY form) with
-``S^{-1} = striu(W^T W) + diag(1 / tau)`` (the UT transform), so ``Q Z`` costs the flops of one
-product at the speed of one. The result is the same decomposition to round-off (residual and
-orthogonality as LAPACK's, ``tests/test_linalg.py``); on this project's 2-core CPU a 3072 x 3072
-float32 ``eigh`` takes 2.0 s against 2.5 s for ``torch.linalg.eigh`` (``benchmarks/floor.py``).
+LAPACK's ``syevd`` runs exactly these; here its back-transformation (``ormtr``) is its slow part
+(at 3072 x 3072, one thread: OpenBLAS's ``syevd`` 2.3 s, of which ``sytrd`` 0.9 s and ``stevd`` 0.2 s).
+:func:`tridiagonal_eigenpairs` runs the first two stages in LAPACK (from scipy) and the third as wide
+matrix products in torch: the reflectors ``H_j = I - tau_j v_j v_j^T`` of a block of ``nb`` are one
+``I - W S W^T`` (the compact WY form) with ``S^{-1} = striu(W^T W) + diag(1 / tau)`` (the UT
+transform), so ``Q Z`` costs the flops of one product at nearly the speed of one (0.84 s). The
+result is the same decomposition to round-off (residual and orthogonality as LAPACK's,
+``tests/test_linalg.py``); a 3072 x 3072 float32 ``eigh`` takes 1.9 s against 2.5 s for
+``torch.linalg.eigh`` on this project's 2-core CPU (``benchmarks/floor.py``).
 
 :func:`eigenpairs` returns the eigenvalues at once and forms V's columns when asked
 (:class:`Eigenpairs`): a top-K filter back-transforms only its K leading columns, ``2 d^2 K`` flops
-(SWUDI's K = 0.65 d; SWUDI-A's K is often a tenth of d).
+(SWUDI's K = 0.65 d: 1.55 s at 3072; SWUDI-A's K is often a tenth of d).
 
-:func:`symmetric_eigh` and :func:`eigenpairs` pick the route: the tridiagonal one on the CPU from the size where it is
-measured faster (``TRIDIAGONAL_MIN``, by torch's thread count: MKL's ``syevd`` uses a second
-thread better), ``torch.linalg.eigh`` otherwise (and on GPUs, where torch calls cuSOLVER).
+:func:`symmetric_eigh` and :func:`eigenpairs` pick the route: the tridiagonal one on the CPU from the
+size where it is measured faster (``TRIDIAGONAL_MIN``, by torch's thread count: MKL's ``syevd``
+uses a second thread better), ``torch.linalg.eigh`` otherwise (and on GPUs, where torch calls
+cuSOLVER).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ __all__ = ["gram", "Eigenpairs", "eigenpairs", "symmetric_eigh", "tridiagonal_ei
 # 2 threads 1536: 0.22 vs 0.17, 2048: 0.39 vs 0.41, 3072: 1.09 vs 1.33; benchmarks/floor.py's table).
 TRIDIAGONAL_MIN = {1: 1024, "threaded": 2048}
 REFLECTOR_BLOCK = 128  # reflectors per WY block in the back-transformation
-GRAM_BLOCK = 256  # column block of gram(): the fastest measured on ViT shapes (6144 x 3072: 0.68 s, 384: 0.70, plain 1.15)
+GRAM_BLOCK = 256  # column block of gram(), the fastest measured (6144 x 3072: 0.68 s; 384: 0.70; plain 1.15)
 
 
 def gram(X: torch.Tensor, row_weights: torch.Tensor | None = None, *, block: int = GRAM_BLOCK) -> torch.Tensor:
@@ -148,6 +150,8 @@ def tridiagonal_eigenpairs(C: torch.Tensor, *, nb: int = REFLECTOR_BLOCK) -> Eig
     (LAPACK's reflectors and its Z) until V is formed, then V. Raises ``torch.linalg.LinAlgError``
     if LAPACK reports a failure.
     """
+    if C.ndim != 2 or C.shape[0] != C.shape[1] or C.device.type != "cpu":
+        raise ValueError(f"tridiagonal_eigh needs a square CPU matrix, got shape {tuple(C.shape)} on {C.device}")
     sytrd, sytrd_lwork, stevd = _lapack(C.dtype)
     d = C.shape[0]
     if d < 2:  # nothing to reduce (and LAPACK's stevd wants a non-empty off-diagonal)

@@ -31,6 +31,8 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from .wudi import LayerOperator
+
 __all__ = ["LowRankTasks", "LowRankOperator", "lowrank_operator"]
 
 
@@ -137,15 +139,8 @@ class LowRankOperator(NamedTuple):
     const: float  # L(0)
     d_out: int
 
-    @property
-    def D(self) -> torch.Tensor:
-        """``D Q`` (d_out, m), the coordinates of D (a view of ``rhs``)."""
-        return self.rhs[: self.d_out]
-
-    @property
-    def theta0(self) -> torch.Tensor | None:
-        """``theta0 Q`` (d_out, m), or ``None`` without ``start``."""
-        return self.rhs[self.d_out:] if self.rhs.shape[0] > self.d_out else None
+    D = LayerOperator.D  # here D Q (d_out, m), the coordinates of D
+    theta0 = LayerOperator.theta0  # here theta0 Q (d_out, m), or None without start
 
     @property
     def V(self) -> torch.Tensor:

@@ -102,12 +102,12 @@ class LayerOperator(NamedTuple):
 
     @property
     def D(self) -> torch.Tensor:
-        """(d_out, d_in) right-hand side ``D = sum_i tau_i tau_i^T tau_i / n_i`` (a view of ``rhs``)."""
+        """The right-hand side ``D = sum_i tau_i tau_i^T tau_i / n_i``: the first d_out rows of ``rhs`` (a view)."""
         return self.rhs[: self.d_out]
 
     @property
     def theta0(self) -> torch.Tensor | None:
-        """(d_out, d_in) sum init ``sum_i tau_i`` (a view of ``rhs``), or ``None`` without ``start``."""
+        """The sum init ``theta0 = sum_i tau_i``: the rows of ``rhs`` below D (a view), or ``None`` without ``start``."""
         return self.rhs[self.d_out:] if self.rhs.shape[0] > self.d_out else None
 
 
