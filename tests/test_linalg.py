@@ -140,3 +140,20 @@ def test_spectral_methods_on_the_tridiagonal_route_equal_torchs(monkeypatch, met
         assert formed == [info["k"]] and info["k"] < 40  # only the kept columns were back-transformed
     else:
         assert formed[-1] == 40  # every column (closed form; a rule that reads D q_k on all of them)
+
+
+def test_skip_losses_leaves_the_report_losses_out_and_the_merge_unchanged(monkeypatch):
+    """``skip_losses``: the same merge, no loss_before / loss_after, and on the tridiagonal route a top-K
+    layer forms its K columns with no tr(theta0 C theta0^T) product."""
+    from swudi_lab.merge import get_method, resolve_params
+
+    g = torch.Generator().manual_seed(12)
+    taus = torch.randn(4, 12, 40, generator=g, dtype=torch.float64)
+    monkeypatch.setattr(linalg, "TRIDIAGONAL_MIN", {1: 10, "threaded": 10})
+    for method in ("swudi", "swudi_a", "closed_form", "iwudi"):
+        m = get_method(method)
+        ref, ref_info = m.fn(taus, name="layer", **resolve_params(m, {}))
+        theta, info = m.fn(taus, name="layer", **resolve_params(m, {"skip_losses": True}))
+        assert float((theta - ref).norm() / ref.norm()) <= 1e-12, method  # V's columns may be formed differently
+        assert "loss_before" in ref_info and "loss_before" not in info and "loss_after" not in info
+        assert info["k"] == ref_info["k"]

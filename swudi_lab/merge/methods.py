@@ -104,6 +104,8 @@ __all__ = ["spectral_layer", "LayerContext", "proxy_loss", "layer_summary", "lam
 
 Init = Annotated[str, Doc("start theta0: sum of task vectors, or zero", choices=("sum", "zero"))]
 Scale = Annotated[float, Doc("merged = base + scale * theta")]
+SkipLosses = Annotated[bool, Doc("leave the proxy losses before and after out of the report (on a top-K layer of the "
+                                 "tridiagonal route they cost one d_out x d_in x d_in product)")]
 SwudiRatio = Annotated[float, Doc("kept share of directions: K = max(1, floor(ratio * d_in + 0.999))",
                                   check=unit_interval)]
 Kappa = Annotated[float | None, Doc("scale-free time: t = kappa * d_in / N per layer (replaces --t)", check=positive)]
@@ -201,28 +203,31 @@ def _use_subspace(N: int, d_out: int, d_in: int) -> bool:
     return N * d_out < d_in
 
 
-def _kept_vectors(eig, f: torch.Tensor, f_over_lam: torch.Tensor, op) -> tuple[torch.Tensor, float | None]:
+def _kept_vectors(eig, f: torch.Tensor, f_over_lam: torch.Tensor, op, losses: bool = True
+                  ) -> tuple[torch.Tensor, float | None]:
     """``(V, start_energy)`` for :func:`~swudi_lab.spectral.eigenbasis_estimate`: only the kept columns
     of V when they are a prefix (top-K) not formed yet and forming fewer pays.
 
     The report's ``q(theta0)`` then needs ``tr(theta0 C theta0^T)``, one (d_out x d_in) x (d_in x d_in)
     product, in place of back-transforming the ``d - K`` dropped columns and projecting ``theta0`` on
     them: fewer flops when ``(d - K)(d + d_out) > d_out d``, e.g. fc2 (768 x 3072) at SWUDI's
-    K = 0.65 d (1075 dropped > 614). With the zero init nothing is needed for the dropped columns.
+    K = 0.65 d (1075 dropped > 614). With the zero init, or without the losses, nothing is needed
+    for the dropped columns.
     """
     keep = (f != 0) | (f_over_lam != 0)
     count, d = int(keep.sum()), f.numel()
     if count == d or eig.formed >= count or not bool(keep[:count].all()):
         return eig.vectors, None
     theta0 = op.theta0
-    if theta0 is None:
+    if theta0 is None or not losses:
         return eig.leading(count), None
     if (d - count) * (d + op.d_out) <= op.d_out * d:
         return eig.vectors, None
     return eig.leading(count), float(((theta0 @ op.C) * theta0).sum())
 
 
-def spectral_layer(taus: torch.Tensor, build_filter, *, init: str = "sum", scale: float = 1.0, post=None):
+def spectral_layer(taus: torch.Tensor, build_filter, *, init: str = "sum", scale: float = 1.0, post=None,
+                   losses: bool = True):
     """Shared path of the spectral methods: C and D once, one ``eigh``, a filter, ``theta_f``.
 
     ``theta_f = theta0 + [(D V) diag(f / lambda) - (theta0 V) diag(f)] V^T`` over the columns with
@@ -252,6 +257,8 @@ def spectral_layer(taus: torch.Tensor, build_filter, *, init: str = "sum", scale
         scale: ``delta = scale * theta_f``.
         post: optional ``theta -> theta`` applied after the estimate (SWUDI's ``output_exp_time``;
             the loss after is then computed directly, ``tr(theta C theta^T) - 2 tr(theta D^T) + L(0)``).
+        losses: report the proxy losses ``loss_before`` / ``loss_after`` (``False``: left out, and
+            nothing computed for them).
 
     Returns ``(delta (d_out, d_in), info)`` with the eigenvalue summary, filter label, number of
     kept directions ``k`` (f != 0), proxy loss before (at theta0) and after (at theta_f).
@@ -270,14 +277,15 @@ def spectral_layer(taus: torch.Tensor, build_filter, *, init: str = "sum", scale
     filt, extra = build_filter(layer)
     lam = eig.values
     f, f_over_lam = filter_factors(filt, lam, numerical_rank_tolerance(lam, EIGEN_FLOOR))
-    V, energy = (eig.vectors, None) if subspace else _kept_vectors(eig, f, f_over_lam, op)
+    V, energy = (eig.vectors, None) if subspace else _kept_vectors(eig, f, f_over_lam, op, losses)
     m = eig.vectors.shape[1] if subspace else d_in
     est = eigenbasis_estimate(lam[:m], V, op.rhs, op.d_out, f[:m], f_over_lam[:m], projections=layer._projections,
-                              losses=True, start_energy=energy)
+                              losses=losses, start_energy=energy)
     theta = est.theta if not lowrank else est.theta @ op.Q.T  # theta_f = (theta_f Q) Q^T
-    loss_after = est.quad_after + op.const
+    loss_after = est.quad_after + op.const if losses else None
     if post is not None:
         theta = post(theta)
+    if post is not None and losses:
         if lowrank:  # C's range and D's rows lie in span(Q): only theta Q counts
             tq = theta @ op.Q
             loss_after = float((lam[:m] * (tq @ op.W).pow(2).sum(0)).sum() - 2 * (tq * op.D).sum()) + op.const
@@ -287,8 +295,9 @@ def spectral_layer(taus: torch.Tensor, build_filter, *, init: str = "sum", scale
             loss_after = proxy_loss(theta, op.C, op.D, op.const)
     info = layer_summary(lam, op.n_live)
     info.update(extra)
-    info.update(filter=filt.label, k=int((f != 0).sum()), loss_before=est.quad_before + op.const,
-                loss_after=loss_after)
+    info.update(filter=filt.label, k=int((f != 0).sum()))
+    if losses:
+        info.update(loss_before=est.quad_before + op.const, loss_after=loss_after)
     if subspace:
         info["subspace"] = m
     if lowrank:
@@ -385,10 +394,10 @@ def wudi(taus: torch.Tensor, *, name: str = "",
 
 
 @register("closed_form", "closed form theta = D C^+ (filter f = 1; ill-posed)", spectral=True)
-def closed_form(taus: torch.Tensor, *, name: str = "", init: Init = "sum", scale: Scale = 1.0):
+def closed_form(taus: torch.Tensor, *, name: str = "", init: Init = "sum", scale: Scale = 1.0, skip_losses: SkipLosses = False):
     """``theta = D C^+`` (numerical pseudoinverse: eigenvalues at or below ``max(1e-8, d eps
     lambda_max)`` count as null); ``init`` has no effect with f = 1."""
-    return spectral_layer(taus, lambda layer: (pseudoinverse(), {}), init=init, scale=scale)
+    return spectral_layer(taus, lambda layer: (pseudoinverse(), {}), init=init, scale=scale, losses=not skip_losses)
 
 
 @register(
@@ -398,14 +407,14 @@ def closed_form(taus: torch.Tensor, *, name: str = "", init: Init = "sum", scale
     exclusive=[("t", "kappa")],
 )
 def iwudi(taus: torch.Tensor, *, name: str = "", t: Time = 300.0, kappa: Kappa = None,
-          init: Init = "sum", scale: Scale = 1.0):
+          init: Init = "sum", scale: Scale = 1.0, skip_losses: SkipLosses = False):
     """``f(lambda) = 1 - exp(-lambda t)``, ``t = kappa d_in / N_live`` when ``kappa`` is given."""
 
     def build(layer):
         tt, kk = _time(t, kappa, layer.d_in, layer.n_live)
         return exponential_filter(tt), {"t": tt, "kappa": kk}
 
-    return spectral_layer(taus, build, init=init, scale=scale)
+    return spectral_layer(taus, build, init=init, scale=scale, losses=not skip_losses)
 
 
 def _filter_params():
@@ -438,7 +447,7 @@ def _filter_args(p: dict, d_in: int | None = None, n_live: int | None = None) ->
 def _check_filtered(p: dict) -> None:
     if p["filter"] is None:
         raise ValueError(f"give the filter name (--filter), one of: {FILTERS.names()}")
-    fparams = {k: v for k, v in p.items() if k not in ("init", "scale")}
+    fparams = {k: v for k, v in p.items() if k not in ("init", "scale", "skip_losses")}
     make_filter(p["filter"], **_filter_args(fparams))
 
 
@@ -452,7 +461,7 @@ def _check_filtered(p: dict) -> None:
 )
 def filtered(taus: torch.Tensor, *, name: str = "",
              filter: Annotated[str | None, Doc("filter name (swudi_lab.spectral.FILTERS)", check=_known_filter)] = None,
-             kappa: Kappa = None, init: Init = "sum", scale: Scale = 1.0, **fparams):
+             kappa: Kappa = None, init: Init = "sum", scale: Scale = 1.0, skip_losses: SkipLosses = False, **fparams):
     """``theta_f`` for ``make_filter(filter, **params)``; ``kappa`` gives ``t = kappa d_in / N_live``."""
     p = {"filter": filter, "kappa": kappa, **fparams}
 
@@ -464,7 +473,7 @@ def filtered(taus: torch.Tensor, *, name: str = "",
             extra = {"t": filt.params["t"], "kappa": time_kappa(filt.params["t"], d_in, n_live)}
         return filt, extra
 
-    return spectral_layer(taus, build, init=init, scale=scale)
+    return spectral_layer(taus, build, init=init, scale=scale, losses=not skip_losses)
 
 
 # ----------------------------------------------------------------------------- SWUDI and its knobs
@@ -579,7 +588,7 @@ def swudi_method(taus: torch.Tensor, *, name: str = "", t: Time = 1300.0, kappa:
                  output_exp_time: Annotated[float | None, Doc("t_E: theta <- U diag(1 - exp(-sigma t_E)) U^T theta "
                                                               "with E = sum_i tau_i tau_i^T / n_i = U diag(sigma) U^T "
                                                               "(unset: off)", check=positive)] = None,
-                 init: Init = "sum", scale: Scale = 1.0):
+                 init: Init = "sum", scale: Scale = 1.0, skip_losses: SkipLosses = False):
     """SWUDI with the authors' knobs: the filter is the product of the factors, then ``theta_f``.
 
     ``f_k = clamp(1 - exp(-lambda_k t_l), 0, 1)^gamma * lambda_k / (lambda_k + alpha) * consensus_k
@@ -633,7 +642,7 @@ def swudi_method(taus: torch.Tensor, *, name: str = "", t: Time = 1300.0, kappa:
         return functools.reduce(operator.mul, factors), extra
 
     post = output_exp_filter(taus, output_exp_time) if output_exp_time is not None and d_out > 1 else None
-    return spectral_layer(taus, build, init=init, scale=scale, post=post)
+    return spectral_layer(taus, build, init=init, scale=scale, post=post, losses=not skip_losses)
 
 
 # ----------------------------------------------------------------------------- SWUDI-A
@@ -682,7 +691,7 @@ def swudi_a(taus: torch.Tensor, *, name: str = "",
             wiener_noise: Annotated[str, Doc("Wiener nu^2 from the discarded eigenvalues: their mean, the largest, "
                                              "or their median (the global median when none is discarded)",
                                              choices=("tail_mean", "tail_first", "tail_median"))] = "tail_mean",
-            init: Init = "sum", scale: Scale = 1.0):
+            init: Init = "sum", scale: Scale = 1.0, skip_losses: SkipLosses = False):
     """``f = g(lambda) 1[k <= K]``, ``K = choose_rank(lambda, rank_rule, ...)`` with the layer's context.
 
     The rule sees ``rhs_energy = ||D q_k||^2``, ``start_energy = ||theta0 q_k||^2`` (computed only for
@@ -713,7 +722,7 @@ def swudi_a(taus: torch.Tensor, *, name: str = "",
         extra["nu2"] = nu2
         return wiener(wiener_power, wiener_scale * nu2) * top_k(k=K), extra
 
-    return spectral_layer(taus, build, init=init, scale=scale)
+    return spectral_layer(taus, build, init=init, scale=scale, losses=not skip_losses)
 
 
 # ----------------------------------------------------------------------------- OptMerge
