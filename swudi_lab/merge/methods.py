@@ -394,7 +394,8 @@ def wudi(taus: torch.Tensor, *, name: str = "",
 
 
 @register("closed_form", "closed form theta = D C^+ (filter f = 1; ill-posed)", spectral=True)
-def closed_form(taus: torch.Tensor, *, name: str = "", init: Init = "sum", scale: Scale = 1.0, skip_losses: SkipLosses = False):
+def closed_form(taus: torch.Tensor, *, name: str = "", init: Init = "sum", scale: Scale = 1.0,
+                skip_losses: SkipLosses = False):
     """``theta = D C^+`` (numerical pseudoinverse: eigenvalues at or below ``max(1e-8, d eps
     lambda_max)`` count as null); ``init`` has no effect with f = 1."""
     return spectral_layer(taus, lambda layer: (pseudoinverse(), {}), init=init, scale=scale, losses=not skip_losses)
@@ -461,7 +462,8 @@ def _check_filtered(p: dict) -> None:
 )
 def filtered(taus: torch.Tensor, *, name: str = "",
              filter: Annotated[str | None, Doc("filter name (swudi_lab.spectral.FILTERS)", check=_known_filter)] = None,
-             kappa: Kappa = None, init: Init = "sum", scale: Scale = 1.0, skip_losses: SkipLosses = False, **fparams):
+             kappa: Kappa = None, init: Init = "sum", scale: Scale = 1.0, skip_losses: SkipLosses = False,
+             **fparams):
     """``theta_f`` for ``make_filter(filter, **params)``; ``kappa`` gives ``t = kappa d_in / N_live``."""
     p = {"filter": filter, "kappa": kappa, **fparams}
 
