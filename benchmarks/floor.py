@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import functools
 import json
 import math
 import os
@@ -162,6 +163,19 @@ def floor(taus: torch.Tensor, K: int, f: torch.Tensor, f_over: torch.Tensor) -> 
 
 MEMORY_PASS_BYTES = 64 * 1024  # glibc mmaps every block above it: RSS follows what is alive
 TIMING_PASS_BYTES = 32 * 1024 * 1024  # glibc's own dynamic threshold tops out here on 64-bit
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+
+
+@functools.lru_cache(maxsize=1)
+def _libc():
+    """glibc, or ``None`` elsewhere (the thresholds are then the allocator's own)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc if hasattr(libc, "mallopt") else None
+    except OSError:
+        return None
 
 
 @contextlib.contextmanager
@@ -178,26 +192,6 @@ def _mmap_threshold(nbytes: int):
     finally:
         if libc is not None:
             libc.mallopt(M_MMAP_THRESHOLD, TIMING_PASS_BYTES)
-
-
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-
-
-def _trim() -> None:
-    """Free heap pages back to the OS (glibc ``malloc_trim``): what a measured block reuses faults in anew."""
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
-
-
-def _libc():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc if hasattr(libc, "mallopt") and hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
 
 
 def _timed(fn, taus):
@@ -227,7 +221,7 @@ def run(layers, repeats: int, log=print) -> dict:
         order = list(impls)
         with _mmap_threshold(MEMORY_PASS_BYTES):  # one pass for the peaks: every large block fresh from the OS
             for key in order:
-                _trim()
+                lora._release()  # free heap pages back to the OS: what the block reuses faults in anew
                 results.setdefault(key, {})[label] = [math.inf, _timed(impls[key], taus)[1]]
         with _mmap_threshold(TIMING_PASS_BYTES):  # the timed passes: the allocator as a long-running merge sees it
             for r in range(repeats):

@@ -278,7 +278,7 @@ def spectral_layer(taus: torch.Tensor, build_filter, *, init: str = "sum", scale
     lam = eig.values
     f, f_over_lam = filter_factors(filt, lam, numerical_rank_tolerance(lam, EIGEN_FLOOR))
     V, energy = (eig.vectors, None) if subspace else _kept_vectors(eig, f, f_over_lam, op, losses)
-    m = eig.vectors.shape[1] if subspace else d_in
+    m = V.shape[1] if subspace else d_in
     est = eigenbasis_estimate(lam[:m], V, op.rhs, op.d_out, f[:m], f_over_lam[:m], projections=layer._projections,
                               losses=losses, start_energy=energy)
     theta = est.theta if not lowrank else est.theta @ op.Q.T  # theta_f = (theta_f Q) Q^T

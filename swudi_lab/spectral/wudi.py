@@ -154,8 +154,8 @@ def layer_operator(taus: torch.Tensor, *, start: bool = False):
     if d_in <= d_out:
         C = taus.new_zeros(d_in, d_in)
     else:  # C from the stacked task vectors at once (a view), rows weighted by w_i (0 for a zero expert)
-        w = torch.where(n > 0, 1 / torch.where(n > 0, n, torch.ones_like(n)), torch.zeros_like(n))
-        C = gram(taus.reshape(N * d_out, d_in), w.repeat_interleave(d_out))
+        weights = torch.where(n > 0, 1 / torch.where(n > 0, n, torch.ones_like(n)), torch.zeros_like(n))
+        C = gram(taus.reshape(N * d_out, d_in), weights.repeat_interleave(d_out))
     for i in live:
         t, w = taus[i], 1.0 / float(n[i])
         if d_in <= d_out:
